@@ -1,0 +1,78 @@
+"""The engine interfaces: small Protocols that every provider adapter implements.
+
+An engine is shared by every session of the process. Its methods may be called from
+many sessions at once; an adapter serialises whatever must be serial on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import trio
+
+from babel_actors.events import AudioEvent, SttResult
+
+
+@runtime_checkable
+class SpeechToText(Protocol):
+    """A streaming speech recogniser."""
+
+    name: str
+    """Short name, as chosen by ``--stt``."""
+    sample_rate: int
+    """The PCM rate the engine wants; ingest resamples to it."""
+
+    def languages(self) -> frozenset[str]:
+        """Languages (BCP-47 primary tags, e.g. ``"en"``) the engine can recognise."""
+        ...
+
+    async def transcribe(
+        self,
+        audio: trio.MemoryReceiveChannel[AudioEvent],
+        results: trio.MemorySendChannel[SttResult],
+        *,
+        language: str,
+    ) -> None:
+        """Recognise one stream: read ``audio`` until it closes, write ``results``.
+
+        Returns once ``audio`` is closed and every result for it is sent. Does not close
+        ``results`` (the caller owns it). An ``EndOfSpeech`` asks for a final result for
+        whatever audio is pending. Raises ``EngineError`` on a failure it cannot recover
+        from; cancellation ends the stream promptly.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release process-wide resources (models, threads, connections)."""
+        ...
+
+
+@runtime_checkable
+class Translator(Protocol):
+    """A text translator (machine translation)."""
+
+    name: str
+    """Short name, as chosen by ``--mt``."""
+
+    def targets(self, source: str) -> frozenset[str]:
+        """Languages the engine can translate ``source`` into (``source`` excluded)."""
+        ...
+
+    def sources(self) -> frozenset[str]:
+        """Languages the engine can translate from."""
+        ...
+
+    async def translate(
+        self, text: str, *, source: str, target: str, context: Sequence[str] = ()
+    ) -> str:
+        """Translate ``text``; ``context`` holds the previous segments, oldest first.
+
+        Raises ``UnsupportedLanguage`` for a pair it lacks and ``TranslationFailed``
+        when it cannot deliver; never a provider's own exception type.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release process-wide resources (subprocesses, HTTP clients)."""
+        ...

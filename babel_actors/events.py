@@ -1,0 +1,82 @@
+"""The pipeline's value types: what flows through the channels between actors.
+
+Every type is frozen: a value handed to the next actor can never change under it.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class AudioFrame:
+    """A run of 16-bit little-endian mono PCM, on its way from ingest to the engine."""
+
+    pcm: bytes
+    """The samples; always an even number of bytes."""
+    sample_rate: int
+    """Samples per second of ``pcm``."""
+    received_at: float
+    """``trio.current_time()`` when the bytes came off the socket."""
+
+
+@attrs.frozen
+class EndOfSpeech:
+    """The speaker stopped (``audio_end``): the engine should finalise what it holds."""
+
+    received_at: float
+    """``trio.current_time()`` when the host said so."""
+
+
+AudioEvent = AudioFrame | EndOfSpeech
+"""What the ingest actor hands to the STT actor."""
+
+
+@attrs.frozen
+class SttResult:
+    """One hypothesis from a speech engine.
+
+    A partial result replaces the previous partial of the same utterance; a final one
+    closes the utterance: the next result belongs to a new one.
+    """
+
+    text: str
+    """The transcript of the utterance so far (partial) or in full (final)."""
+    is_final: bool
+    """Whether the engine will not revise this utterance any more."""
+    audio_end_s: float = 0.0
+    """Seconds of session audio this result covers, counted from the stream's start."""
+    produced_at: float = 0.0
+    """``trio.current_time()`` when the engine produced the result."""
+
+
+@attrs.frozen
+class Segment:
+    """A partial or final piece of the source transcript, numbered for the session."""
+
+    seq_id: int
+    """Session-wide, strictly increasing over partials and finals alike."""
+    text: str
+    """The source-language text."""
+    is_partial: bool
+    """A partial is replaced by the next segment; a final is settled."""
+    source_lang: str
+    """Language of ``text``."""
+    recognized_at: float
+    """``trio.current_time()`` when the engine produced it."""
+    wall_ms: int
+    """Unix milliseconds at the same moment (the wire's ``timestamp``)."""
+
+
+@attrs.frozen
+class Caption:
+    """A segment rendered for one target language: what a listener reads."""
+
+    segment: Segment
+    """The source segment."""
+    target_lang: str
+    """The language of ``text``."""
+    text: str
+    """The translation, or the source text when ``has_translation`` is false."""
+    has_translation: bool
+    """False when translation failed and ``text`` is the source text, flagged."""
