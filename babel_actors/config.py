@@ -36,6 +36,8 @@ class Config:
     """How long a session waits for a dropped host to reconnect before ending."""
     session_idle_s: float = 900.0
     """A session with no audio and no connection for this long expires."""
+    close_timeout_s: float = 2.0
+    """How long a closing WebSocket peer gets to answer the close frame."""
     shutdown_grace_s: float = 5.0
     """On SIGINT/SIGTERM, how long connections get to close cleanly."""
 
@@ -61,6 +63,8 @@ class Config:
     listener_backlog_bytes: int = 256 << 10
     """Unsent bytes a listener may owe before it is told it is too slow and closed."""
 
+    engine_retry_s: float = 1.0
+    """Wait before reopening a speech stream after the engine failed."""
     partial_interval_s: float = 0.3
     """Least time between two partial translations into one language."""
     translate_timeout_s: float = 10.0

@@ -80,3 +80,30 @@ class Caption:
     """The translation, or the source text when ``has_translation`` is false."""
     has_translation: bool
     """False when translation failed and ``text`` is the source text, flagged."""
+
+
+@attrs.frozen
+class HostAudio:
+    """PCM as the host sent it, at the client's rate, before ingest resamples it."""
+
+    pcm: bytes
+    """16-bit little-endian mono samples; an even number of bytes."""
+    sample_rate: int
+    """The rate the client declared (``init.sampleRate``)."""
+    received_at: float
+    """``trio.current_time()`` when the bytes came off the socket."""
+
+
+@attrs.frozen
+class SourceLanguage:
+    """The host now speaks ``language``: the STT stream restarts in it."""
+
+    language: str
+    """BCP-47 primary tag, e.g. ``"en"``."""
+
+
+IngestEvent = HostAudio | EndOfSpeech | SourceLanguage
+"""What a host connection (or an embedder) hands to the ingest actor."""
+
+SttInput = AudioFrame | EndOfSpeech | SourceLanguage
+"""What the ingest actor hands to the STT actor."""

@@ -1,0 +1,45 @@
+"""Speech and translation engines, chosen by name (``--stt``, ``--mt``).
+
+Adapters are imported only when chosen, so a deployment on Google and OpenAI never
+loads Whisper, and the embedded engines never import a cloud SDK.
+"""
+
+from __future__ import annotations
+
+from babel_actors.config import Config
+from babel_actors.engines.base import SpeechToText, Translator
+from babel_actors.errors import ConfigError
+
+STT_ENGINES = ("whisper", "scripted")
+MT_ENGINES = ("apertium", "echo")
+
+
+def make_stt(config: Config) -> SpeechToText:
+    """The speech engine ``config.stt`` names."""
+    if config.stt == "whisper":
+        from babel_actors.engines.whisper import WhisperSpeechToText
+
+        return WhisperSpeechToText(config)
+    if config.stt == "scripted":
+        from babel_actors.engines.scripted import (
+            DEFAULT_SCRIPT,
+            ScriptedSpeechToText,
+            load_script,
+        )
+
+        script = load_script(config.script_path) if config.script_path else DEFAULT_SCRIPT
+        return ScriptedSpeechToText(script, loop=True)
+    raise ConfigError(f"unknown STT engine {config.stt!r}; choose from {', '.join(STT_ENGINES)}")
+
+
+def make_mt(config: Config) -> Translator:
+    """The translation engine ``config.mt`` names."""
+    if config.mt == "apertium":
+        from babel_actors.engines.apertium import ApertiumTranslator
+
+        return ApertiumTranslator(config)
+    if config.mt == "echo":
+        from babel_actors.engines.echo import EchoTranslator
+
+        return EchoTranslator()
+    raise ConfigError(f"unknown MT engine {config.mt!r}; choose from {', '.join(MT_ENGINES)}")

@@ -1,0 +1,83 @@
+"""``babel-actors serve``: flags and environment -> Config -> trio.run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+import trio
+
+from babel_actors.config import Config
+from babel_actors.engines import MT_ENGINES, STT_ENGINES, make_mt, make_stt
+from babel_actors.errors import BabelError
+from babel_actors.server.app import Server, serve
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="babel-actors", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("serve", help="run the HTTP + WebSocket server")
+    run.add_argument("--host", help="address to listen on (BABEL_HOST, default 127.0.0.1)")
+    run.add_argument("--port", type=int, help="port (BABEL_PORT, default 8080)")
+    run.add_argument("--stt", choices=STT_ENGINES, help="speech engine (BABEL_STT, default whisper)")
+    run.add_argument("--mt", choices=MT_ENGINES, help="translation engine (BABEL_MT, default apertium)")
+    run.add_argument(
+        "--allow-tokenless-hosts",
+        action="store_true",
+        default=None,
+        help="let hosts connect without the hostToken, as old clients do",
+    )
+    run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = Config.from_env(
+            host=args.host,
+            port=args.port,
+            stt=args.stt,
+            mt=args.mt,
+            allow_tokenless_hosts=args.allow_tokenless_hosts,
+        )
+        trio.run(_serve_until_signal, config)
+    except BabelError as exc:
+        print(f"babel-actors: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+async def _serve_until_signal(config: Config) -> None:
+    stt = make_stt(config)
+    mt = make_mt(config)
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                server: Server = await nursery.start(serve, config, stt, mt)
+                pairs = ", ".join(
+                    f"{src}->{'/'.join(sorted(mt.targets(src)))}" for src in sorted(mt.sources())
+                )
+                print(
+                    f"babel-actors serving on {server.url}\n"
+                    f"  speech: {stt.name} ({', '.join(sorted(stt.languages()))})\n"
+                    f"  translation: {mt.name} ({pairs})",
+                    flush=True,
+                )
+                async for signum in signals:
+                    print(f"{signal.Signals(signum).name}: shutting down", flush=True)
+                    server.shutdown()
+                    break
+    finally:
+        with trio.CancelScope(shield=True):
+            await stt.aclose()
+            await mt.aclose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The STT actor: runs one engine stream at a time, restarting it on a language change
+or after an engine failure."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+
+from babel_actors.engines.base import SpeechToText
+from babel_actors.errors import EngineError
+from babel_actors.events import AudioEvent, SourceLanguage, SttInput, SttResult
+
+log = logging.getLogger(__name__)
+
+
+async def run_stt(
+    inbox: trio.MemoryReceiveChannel[SttInput],
+    outbox: trio.MemorySendChannel[SttResult],
+    *,
+    engine: SpeechToText,
+    language: str,
+    queue_size: int,
+    retry_after_s: float,
+    on_error: Callable[[str], None],
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Feed audio to ``engine.transcribe`` and pass its results on.
+
+    A ``SourceLanguage`` ends the current stream (the engine finalises what it holds)
+    and opens a new one in that language.
+    Backpressure: blocks on the engine's bounded inbox; results block on a full outbox.
+    Cancellation: cancels the engine stream with the actor.
+    Error handling: an ``EngineError`` is reported through ``on_error`` (the session
+    tells host and listeners), and a new stream opens after ``retry_after_s``; audio
+    that arrives meanwhile waits in the inbox.
+    """
+    async with inbox, outbox:
+        task_status.started()
+        ended = False
+        while not ended:
+            feed_send, feed_receive = trio.open_memory_channel[AudioEvent](queue_size)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_transcribe, engine, feed_receive, outbox, language)
+                    async with feed_send:
+                        ended = True
+                        async for event in inbox:
+                            if isinstance(event, SourceLanguage):
+                                language = event.language
+                                ended = False
+                                break
+                            await feed_send.send(event)
+            except EngineError as exc:
+                log.warning("speech engine %s failed: %s", engine.name, exc)
+                on_error(f"speech recognition failed ({exc}); retrying")
+                ended = False
+                await trio.sleep(retry_after_s)
+
+
+async def _transcribe(
+    engine: SpeechToText,
+    audio: trio.MemoryReceiveChannel[AudioEvent],
+    outbox: trio.MemorySendChannel[SttResult],
+    language: str,
+) -> None:
+    # The engine must not close the actor's outbox: it outlives each stream.
+    await engine.transcribe(audio, outbox, language=language)

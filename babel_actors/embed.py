@@ -1,0 +1,94 @@
+"""The library API: a session pipeline inside an embedder's own trio program."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from babel_actors.audience import Role
+from babel_actors.config import Config
+from babel_actors.engines.base import SpeechToText, Translator
+from babel_actors.events import Caption
+from babel_actors.session import Session
+
+
+class CaptionStream:
+    """A member that hands captions to an embedder through a bounded channel.
+
+    Iterate it (``async for caption in stream``) to read captions of ``target_lang``.
+    Backpressure: the channel holds ``capacity`` captions. When it is full a partial is
+    dropped (the next one replaces it anyway); a final that does not fit closes the
+    stream, and ``overflowed`` is set: resume with ``listen(..., last_seq=...)``.
+    The stream also ends when the session does.
+    """
+
+    role = Role.LISTENER
+
+    def __init__(self, target_lang: str, *, capacity: int = 256) -> None:
+        self.target_lang = target_lang
+        self._send, self._receive = trio.open_memory_channel[Caption](capacity)
+        self.overflowed = False
+        self.partials_dropped = 0
+
+    def send_caption(self, caption: Caption, frame: bytes) -> None:
+        try:
+            self._send.send_nowait(caption)
+        except trio.WouldBlock:
+            if caption.segment.is_partial:
+                self.partials_dropped += 1
+            else:
+                self.overflowed = True
+                self._send.close()
+        except trio.ClosedResourceError:
+            pass
+
+    def send_notice(self, message: dict[str, Any], frame: bytes) -> None:
+        return None
+
+    def close(self, code: int, reason: str) -> None:
+        self._send.close()
+
+    def __aiter__(self) -> AsyncIterator[Caption]:
+        return self._receive.__aiter__()
+
+    async def receive(self) -> Caption:
+        """The next caption; raises ``trio.EndOfChannel`` once the stream has ended."""
+        return await self._receive.receive()
+
+
+@asynccontextmanager
+async def open_session(
+    *,
+    stt: SpeechToText,
+    mt: Translator,
+    config: Config | None = None,
+    source_lang: str | None = None,
+) -> AsyncIterator[Session]:
+    """Run one session pipeline for the duration of the ``async with`` block.
+
+    Feed it with ``await session.feed(pcm, sample_rate)`` and
+    ``await session.end_of_speech()``; read it with ``await listen(session, "es")``.
+    Leaving the block ends the session and cancels its actors. Engines stay open: the
+    caller owns them (and may share them between sessions).
+    """
+    session = Session(config or Config(), stt, mt, source_lang=source_lang)
+    session.check_source(session.source_lang)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(session.run)
+        try:
+            yield session
+        finally:
+            session.end("closed", "The session was closed by its program.")
+
+
+async def listen(
+    session: Session, language: str, *, last_seq: int | None = None, capacity: int = 256
+) -> CaptionStream:
+    """Subscribe to ``session``'s captions in ``language`` (recent finals first)."""
+    session.check_target(language)
+    stream = CaptionStream(language, capacity=capacity)
+    await session.add_member(stream, last_seq=last_seq)
+    return stream

@@ -1,0 +1,112 @@
+"""The server: one listening socket for HTTP and WebSocket, sessions, shutdown."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+
+import trio
+
+from babel_actors.config import Config
+from babel_actors.engines.base import SpeechToText, Translator
+from babel_actors.registry import Registry
+from babel_actors.server.connection import Connection
+from babel_actors.server.http import serve_connection
+from babel_actors.server.routes import Api
+
+log = logging.getLogger(__name__)
+
+
+class Server:
+    """A running server, as ``serve`` hands it to ``task_status.started``."""
+
+    def __init__(self, config: Config, registry: Registry, port: int) -> None:
+        self.config = config
+        self.registry = registry
+        self.port = port
+        self._shutdown = trio.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.port}"
+
+    def shutdown(self) -> None:
+        """Start a graceful shutdown: sessions end, connections close, ``serve`` returns."""
+        self._shutdown.set()
+
+
+def open_listener(host: str, port: int) -> socket.socket:
+    """A non-blocking listening TCP socket with SO_REUSEADDR."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(
+    config: Config,
+    stt: SpeechToText,
+    mt: Translator,
+    *,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until ``Server.shutdown()`` or cancellation.
+
+    ``task_status.started`` receives the ``Server`` once the port accepts connections.
+    Shutdown: every session ends (members get ``session_ended`` and a close frame);
+    connections get ``config.shutdown_grace_s`` to close, then are cancelled.
+    The engines stay open: the caller owns them.
+    """
+    listener = open_listener(config.host, config.port)
+    port = listener.getsockname()[1]
+    try:
+        async with trio.open_nursery() as outer:
+            async with trio.open_nursery() as sessions_nursery:
+                registry = Registry(config, stt, mt, sessions_nursery)
+                server = Server(config, registry, port)
+                api = Api(registry)
+                async with trio.open_nursery() as connections:
+                    connections.start_soon(_accept, listener, connections, api, registry)
+                    task_status.started(server)
+                    await server._shutdown.wait()
+                    log.info("shutting down: ending %d sessions", len(registry.live()))
+                    trio.lowlevel.notify_closing(listener)
+                    listener.close()
+                    registry.end_all("shutdown", "The server is shutting down.")
+                    connections.cancel_scope.deadline = trio.current_time() + config.shutdown_grace_s
+                    outer.cancel_scope.deadline = trio.current_time() + config.shutdown_grace_s + 1
+                sessions_nursery.cancel_scope.cancel()
+    finally:
+        if listener.fileno() != -1:
+            trio.lowlevel.notify_closing(listener)
+            listener.close()
+
+
+async def _accept(
+    listener: socket.socket, nursery: trio.Nursery, api: Api, registry: Registry
+) -> None:
+    """Accept connections and hand each to its own task; stops when the listener closes."""
+    backlog_limit = registry.config.listener_backlog_bytes
+    while True:
+        try:
+            sock, _ = listener.accept()
+        except BlockingIOError:
+            try:
+                await trio.lowlevel.wait_readable(listener)
+            except (trio.ClosedResourceError, OSError):
+                return
+            continue
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                log.error("accept failed (%s); pausing", exc)
+                await trio.sleep(0.1)
+                continue
+            if listener.fileno() == -1:
+                return
+            raise
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        nursery.start_soon(serve_connection, Connection(sock, backlog_limit=backlog_limit), api, registry)

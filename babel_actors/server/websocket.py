@@ -1,0 +1,152 @@
+"""A WebSocket connection on ``/translate``: the frame layer and the three roles.
+
+Inbound frames are parsed by wsproto (sans-IO); outbound frames are built once by
+``wire.server`` and written through the connection's non-blocking writer.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+import wsproto
+import wsproto.events as ws_events
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from babel_actors.audience import Role
+from babel_actors.config import Config
+from babel_actors.errors import ProtocolError
+from babel_actors.events import Caption
+from babel_actors.server.connection import Connection
+from babel_actors.wire.server import close_frame, error_message, message_frame
+
+log = logging.getLogger(__name__)
+
+NORMAL = 1000
+GOING_AWAY = 1001
+BAD_DATA = 1007
+POLICY = 1008
+TOO_BIG = 1009
+SERVER_ERROR = 1011
+TRY_AGAIN_LATER = 1013
+_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def accept_key(key: str) -> str:
+    """``Sec-WebSocket-Accept`` for a client's ``Sec-WebSocket-Key`` (RFC 6455)."""
+    digest = hashlib.sha1((key + _GUID).encode()).digest()
+    return base64.b64encode(digest).decode()
+
+
+class WebSocketPeer:
+    """One client on ``/translate``; a session ``Member`` once it has a role.
+
+    Backpressure: writes never block (``Connection.write``); partials coalesce in the
+    backlog, and a peer that owes more than the backlog limit is told it is too slow
+    and closed with 1008 (it can resume with ``lastSeq``).
+    Cancellation: ``close`` sends the close frame, then gives the peer
+    ``close_timeout_s`` to answer before the read loop is cancelled.
+    Error handling: malformed input raises ``ProtocolError`` out of ``messages``; the
+    role decides whether to answer with ``error`` or to close.
+    """
+
+    def __init__(self, conn: Connection, config: Config, trailing: bytes) -> None:
+        self.conn = conn
+        self.config = config
+        self.role = Role.LISTENER
+        self.target_lang = config.default_source_lang
+        self.close_code: int | None = None
+        self.remote_close_code: int | None = None
+        self.read_scope = trio.CancelScope()
+        self._ws = wsproto.Connection(wsproto.ConnectionType.SERVER, trailing_data=trailing)
+        conn.on_overflow = self._too_slow
+
+    # --- Member ----------------------------------------------------------------
+
+    def send_caption(self, caption: Caption, frame: bytes) -> None:
+        self.conn.write(frame, droppable=caption.segment.is_partial)
+
+    def send_notice(self, message: dict[str, Any], frame: bytes) -> None:
+        self.conn.write(frame)
+
+    def close(self, code: int, reason: str) -> None:
+        if self.close_code is not None:
+            return
+        self.close_code = code
+        self.conn.write_urgent(close_frame(code, reason)) if code != NORMAL else self.conn.write(
+            close_frame(code, reason)
+        )
+        self.read_scope.deadline = min(
+            self.read_scope.deadline, trio.current_time() + self.config.close_timeout_s
+        )
+
+    # --- sending ---------------------------------------------------------------
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.conn.write(message_frame(message))
+
+    def error(self, text: str, code: int = 400) -> None:
+        """Refuse one message; the connection goes on."""
+        self.send(error_message(text, code))
+
+    def fail(self, text: str, code: int) -> None:
+        """Tell the client why, then close with ``code``."""
+        if self.close_code is None:
+            self.send(error_message(text, code, closing=True))
+        self.close(code, text[:100])
+
+    def _too_slow(self) -> None:
+        message = error_message(
+            "you fell too far behind; reconnect with lastSeq to resume",
+            TRY_AGAIN_LATER,
+            closing=True,
+        )
+        self.conn.write_urgent(message_frame(message))
+        self.close(TRY_AGAIN_LATER, "too slow")
+
+    # --- receiving -------------------------------------------------------------
+
+    async def messages(self) -> AsyncIterator[str | bytes]:
+        """Complete text and binary messages, until the peer closes or is closed.
+
+        Raises ``ProtocolError`` with close code 1009 for a message over the limit and
+        1007 for bad UTF-8 or broken framing; answers pings and close frames itself.
+        """
+        parts: list[str | bytes] = []
+        size = 0
+        limit = self.config.max_message_bytes
+        while True:
+            for event in self._events():
+                if isinstance(event, ws_events.Message):
+                    size += len(event.data)
+                    if size > limit:
+                        raise ProtocolError(
+                            f"message larger than {limit} bytes", close_code=TOO_BIG
+                        )
+                    parts.append(event.data)
+                    if event.message_finished:
+                        message = "".join(parts) if isinstance(event.data, str) else b"".join(parts)  # type: ignore[arg-type]
+                        parts, size = [], 0
+                        yield message
+                elif isinstance(event, ws_events.Ping):
+                    self.conn.write(self._ws.send(event.response()))
+                elif isinstance(event, ws_events.CloseConnection):
+                    self.remote_close_code = event.code
+                    if self.close_code is None:
+                        self.close_code = event.code
+                        self.conn.write(self._ws.send(event.response()))
+                    return
+            data = await self.conn.receive()
+            if not data:
+                return
+            self._ws.receive_data(data)
+
+    def _events(self) -> list[ws_events.Event]:
+        try:
+            return list(self._ws.events())
+        except (RemoteProtocolError, LocalProtocolError) as exc:
+            raise ProtocolError(f"bad WebSocket data: {exc}", close_code=BAD_DATA) from None

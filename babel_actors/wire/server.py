@@ -1,0 +1,78 @@
+"""Server-to-client messages of ``/translate``, serialised once, framed once.
+
+A server-to-client WebSocket frame is unmasked and uncompressed, so the same bytes go
+to every listener: a caption is encoded here once per (message, language) and the
+broadcaster writes those bytes to each socket.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from typing import Any
+
+from babel_actors.events import Caption
+
+TEXT = 0x1
+CLOSE = 0x8
+
+
+def now_ms() -> int:
+    """Unix time in milliseconds, the wire's timestamp unit."""
+    return time.time_ns() // 1_000_000
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """JSON for the wire: compact, UTF-8."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One final, unmasked WebSocket text frame carrying ``payload``."""
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x80 | TEXT, size)
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", 0x80 | TEXT, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x80 | TEXT, 127, size)
+    return header + payload
+
+
+def close_frame(code: int, reason: str = "") -> bytes:
+    """An unmasked close frame; the reason is cut to fit the 125-byte control limit."""
+    body = struct.pack("!H", code) + reason.encode()[:123]
+    return struct.pack("!BB", 0x80 | CLOSE, len(body)) + body
+
+
+def message_frame(message: dict[str, Any]) -> bytes:
+    """``message`` as a ready-to-send text frame."""
+    return text_frame(encode(message))
+
+
+def caption_message(caption: Caption) -> dict[str, Any]:
+    """The ``translation`` message a listener of ``caption.target_lang`` receives."""
+    segment = caption.segment
+    return {
+        "type": "translation",
+        "seqId": segment.seq_id,
+        "serverTimestamp": now_ms(),
+        "timestamp": segment.wall_ms,
+        "isPartial": segment.is_partial,
+        "originalText": segment.text,
+        "translatedText": caption.text,
+        "sourceLang": segment.source_lang,
+        "targetLang": caption.target_lang,
+        "hasTranslation": caption.has_translation,
+    }
+
+
+def error_message(message: str, code: int, *, closing: bool = False) -> dict[str, Any]:
+    """An ``error``; ``closing`` tells the client the connection ends after it."""
+    return {"type": "error", "message": message, "code": code, "closing": closing}
+
+
+def session_ended_message(message: str, reason: str) -> dict[str, Any]:
+    """``session_ended``, with a machine-readable ``reason``."""
+    return {"type": "session_ended", "message": message, "reason": reason}
