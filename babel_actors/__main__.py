@@ -21,8 +21,12 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("serve", help="run the HTTP + WebSocket server")
     run.add_argument("--host", help="address to listen on (BABEL_HOST, default 127.0.0.1)")
     run.add_argument("--port", type=int, help="port (BABEL_PORT, default 8080)")
-    run.add_argument("--stt", choices=STT_ENGINES, help="speech engine (BABEL_STT, default whisper)")
-    run.add_argument("--mt", choices=MT_ENGINES, help="translation engine (BABEL_MT, default apertium)")
+    run.add_argument(
+        "--stt", choices=STT_ENGINES, help="speech engine (BABEL_STT, default whisper)"
+    )
+    run.add_argument(
+        "--mt", choices=MT_ENGINES, help="translation engine (BABEL_MT, default apertium)"
+    )
     run.add_argument(
         "--allow-tokenless-hosts",
         action="store_true",
@@ -35,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         config = Config.from_env(
             host=args.host,

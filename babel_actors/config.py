@@ -65,6 +65,9 @@ class Config:
 
     engine_retry_s: float = 1.0
     """Wait before reopening a speech stream after the engine failed."""
+    socket_send_buffer: int = 0
+    """SO_SNDBUF for client sockets; 0 keeps the kernel's autotuning. A small buffer
+    moves a slow reader's queue into the server's backlog, where partials coalesce."""
     partial_interval_s: float = 0.3
     """Least time between two partial translations into one language."""
     translate_timeout_s: float = 10.0
@@ -88,9 +91,7 @@ class Config:
     """JSON script for the ``scripted`` engine; empty uses the built-in one."""
 
     @classmethod
-    def from_env(
-        cls, env: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Config:
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         """Build a Config from ``BABEL_<FIELD>`` variables, then ``overrides``."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}

@@ -30,9 +30,7 @@ class UnsupportedLanguage(BabelError):
 
     def __init__(self, engine: str, language: str, available: frozenset[str]) -> None:
         listed = ", ".join(sorted(available)) or "none"
-        super().__init__(
-            f"{engine} does not handle language {language!r}; available: {listed}"
-        )
+        super().__init__(f"{engine} does not handle language {language!r}; available: {listed}")
         self.language = language
         self.available = available
 

@@ -42,9 +42,7 @@ class Registry:
         self.by_id: dict[str, Session] = {}
         self.by_code: dict[str, Session] = {}
 
-    async def start_session(
-        self, *, source_lang: str | None = None, solo: bool = False
-    ) -> Session:
+    async def start_session(self, *, source_lang: str | None = None, solo: bool = False) -> Session:
         """Create a session and start its pipeline; solo sessions get no code."""
         code = None if solo else new_code(self.by_code)
         session = Session(

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import secrets
-from functools import partial
 import uuid
+from functools import partial
 from typing import Any
 
 import trio
@@ -251,33 +251,53 @@ class Session:
             with self._cancel_scope:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(
-                        partial(run_broadcaster, captions_receive,
-                                audience=self.audience, history=self.history)
+                        partial(
+                            run_broadcaster,
+                            captions_receive,
+                            audience=self.audience,
+                            history=self.history,
+                        )
                     )
                     await nursery.start(
-                        partial(run_translator, segments_receive, captions_send,
-                              engine=self.mt,
-                              languages=self.audience.languages,
-                              queue_size=config.lane_queue,
-                              partial_interval_s=config.partial_interval_s,
-                              timeout_s=config.translate_timeout_s,
-                              context_segments=config.context_segments)
+                        partial(
+                            run_translator,
+                            segments_receive,
+                            captions_send,
+                            engine=self.mt,
+                            languages=self.audience.languages,
+                            queue_size=config.lane_queue,
+                            partial_interval_s=config.partial_interval_s,
+                            timeout_s=config.translate_timeout_s,
+                            context_segments=config.context_segments,
+                        )
                     )
                     await nursery.start(
-                        partial(run_splitter, results_receive, segments_send,
-                              splitter=Splitter(self.source_lang))
+                        partial(
+                            run_splitter,
+                            results_receive,
+                            segments_send,
+                            splitter=Splitter(self.source_lang),
+                        )
                     )
                     await nursery.start(
-                        partial(run_stt, frames_receive, results_send,
-                              engine=self.stt,
-                              language=self.source_lang,
-                              queue_size=config.audio_queue,
-                              retry_after_s=config.engine_retry_s,
-                              on_error=self.notify_error)
+                        partial(
+                            run_stt,
+                            frames_receive,
+                            results_send,
+                            engine=self.stt,
+                            language=self.source_lang,
+                            queue_size=config.audio_queue,
+                            retry_after_s=config.engine_retry_s,
+                            on_error=self.notify_error,
+                        )
                     )
                     await nursery.start(
-                        partial(run_ingest, self._ingest_receive, frames_send,
-                              resampler=Resampler(self.stt.sample_rate))
+                        partial(
+                            run_ingest,
+                            self._ingest_receive,
+                            frames_send,
+                            resampler=Resampler(self.stt.sample_rate),
+                        )
                     )
                     nursery.start_soon(self._expire)
                     task_status.started()

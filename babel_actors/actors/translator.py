@@ -157,4 +157,3 @@ async def _translate_partials(
             )
             if segment.seq_id > lane.last_final_seq:
                 await outbox.send(caption)
-

@@ -15,7 +15,7 @@ import attrs
 import trio
 
 from babel_actors.errors import ConfigError
-from babel_actors.events import AudioFrame, AudioEvent, SttResult
+from babel_actors.events import AudioEvent, AudioFrame, SttResult
 
 
 @attrs.frozen
@@ -61,8 +61,7 @@ def load_script(path: str) -> tuple[ScriptLine, ...]:
     try:
         raw = json.loads(Path(path).read_text())
         return tuple(
-            ScriptLine(float(item["at"]), str(item["text"]), bool(item["final"]))
-            for item in raw
+            ScriptLine(float(item["at"]), str(item["text"]), bool(item["final"])) for item in raw
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"cannot read STT script {path}: {exc}") from None

@@ -77,7 +77,9 @@ async def serve(
                     trio.lowlevel.notify_closing(listener)
                     listener.close()
                     registry.end_all("shutdown", "The server is shutting down.")
-                    connections.cancel_scope.deadline = trio.current_time() + config.shutdown_grace_s
+                    connections.cancel_scope.deadline = (
+                        trio.current_time() + config.shutdown_grace_s
+                    )
                     outer.cancel_scope.deadline = trio.current_time() + config.shutdown_grace_s + 1
                 sessions_nursery.cancel_scope.cancel()
     finally:
@@ -109,4 +111,8 @@ async def _accept(
                 return
             raise
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        nursery.start_soon(serve_connection, Connection(sock, backlog_limit=backlog_limit), api, registry)
+        if registry.config.socket_send_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, registry.config.socket_send_buffer)
+        nursery.start_soon(
+            serve_connection, Connection(sock, backlog_limit=backlog_limit), api, registry
+        )

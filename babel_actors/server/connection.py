@@ -47,6 +47,8 @@ class Connection:
         self.partials_coalesced = 0
         self._head_started = False
         self._has_backlog = trio.Event()
+        self._emptied = trio.Event()
+        self._emptied.set()
         self.on_overflow: Callable[[], None] | None = None
 
     def write(self, data: bytes, *, droppable: bool = False) -> None:
@@ -84,6 +86,8 @@ class Connection:
             if head is not None:
                 self.backlog.append(head)
                 self.backlog_bytes = len(head[0])
+            else:
+                self._emptied.set()
         limit, self.backlog_limit = self.backlog_limit, 1 << 62
         self.write(data)
         self.backlog_limit = limit
@@ -98,11 +102,10 @@ class Connection:
             self._has_backlog = trio.Event()
 
     async def flushed(self, timeout_s: float) -> None:
-        """Wait until the backlog is empty (or the peer is gone), at most ``timeout_s``."""
+        """Wait until ``drain`` has sent the backlog (or the peer is gone), at most
+        ``timeout_s``."""
         with trio.move_on_after(timeout_s):
-            while self.backlog and not (self.broken or self.closed):
-                await trio.lowlevel.wait_writable(self.sock)
-                self._send_backlog()
+            await self._emptied.wait()
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         """The next bytes from the peer; ``b""`` at end of stream or on error."""
@@ -127,11 +130,14 @@ class Connection:
         trio.lowlevel.notify_closing(self.sock)
         self.sock.close()
         self._has_backlog.set()
+        self._emptied.set()
 
     def _enqueue(self, view: memoryview, droppable: bool) -> None:
         self.backlog.append((view, droppable))
         self.backlog_bytes += len(view)
         self._has_backlog.set()
+        if self._emptied.is_set():
+            self._emptied = trio.Event()
         if self.backlog_bytes > self.backlog_limit and not self.overflowed:
             self.overflowed = True
             if self.on_overflow is not None:
@@ -150,7 +156,7 @@ class Connection:
 
     def _send_backlog(self) -> None:
         while self.backlog:
-            view, droppable = self.backlog[0]
+            view = self.backlog[0][0]
             try:
                 sent = self.sock.send(view)
             except BlockingIOError:
@@ -165,12 +171,14 @@ class Connection:
                 return
             self.backlog.popleft()
             self._head_started = False
+        self._emptied.set()
 
     def _break(self) -> None:
         self.broken = True
         self.backlog.clear()
         self.backlog_bytes = 0
         self._has_backlog.set()
+        self._emptied.set()
 
 
 def _peer(sock: socket.socket) -> str:

@@ -110,7 +110,12 @@ async def _answer(
 
 
 def _respond(
-    conn: Connection, http: h11.Connection, status: int, body: dict[str, Any] | None, *, head: bool = False
+    conn: Connection,
+    http: h11.Connection,
+    status: int,
+    body: dict[str, Any] | None,
+    *,
+    head: bool = False,
 ) -> None:
     payload = json.dumps(body, separators=(",", ":")).encode() if body is not None else b""
     headers = [

@@ -212,4 +212,4 @@ async def _parsed(peer: WebSocketPeer, max_sample_rate: int):  # type: ignore[no
         yield message
 
 
-__all__ = ["serve_role", "GOING_AWAY"]
+__all__ = ["GOING_AWAY", "serve_role"]

@@ -42,7 +42,9 @@ class Api:
             if not is_language(source):
                 return 400, _failure("sourceLang must be a language code such as 'en'")
             if source not in self.registry.stt.languages():
-                error = UnsupportedLanguage(self.registry.stt.name, source, self.registry.stt.languages())
+                error = UnsupportedLanguage(
+                    self.registry.stt.name, source, self.registry.stt.languages()
+                )
                 return 400, _failure(str(error))
         session = await self.registry.start_session(source_lang=source)
         query = urlencode({"role": "host", "sessionId": session.id, "token": session.host_token})

