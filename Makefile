@@ -18,6 +18,7 @@ run: deps-run venv
 
 test: deps-run deps-test venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy babel_actors
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv

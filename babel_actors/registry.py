@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Container
 
 import trio
 
@@ -16,7 +17,7 @@ screen is typed right."""
 CODE_LENGTH = 6
 
 
-def new_code(taken: set[str] | dict[str, object]) -> str:
+def new_code(taken: Container[str]) -> str:
     """A fresh session code from the CSPRNG, unused in ``taken``."""
     while True:
         code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))

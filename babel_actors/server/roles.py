@@ -157,7 +157,7 @@ async def _serve_listener(
         return
     peer.role = Role.LISTENER
     peer.target_lang = target
-    joined = {
+    joined: dict[str, object] = {
         "type": "session_joined",
         "sessionId": session.id,
         "sessionCode": session.code,

@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
-import wsproto
 import wsproto.events as ws_events
+from wsproto import ConnectionType
+from wsproto.connection import Connection as WsConnection
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from babel_actors.audience import Role
@@ -62,7 +63,7 @@ class WebSocketPeer:
         self.close_code: int | None = None
         self.remote_close_code: int | None = None
         self.read_scope = trio.CancelScope()
-        self._ws = wsproto.Connection(wsproto.ConnectionType.SERVER, trailing_data=trailing)
+        self._ws = WsConnection(ConnectionType.SERVER, trailing_data=trailing)
         conn.on_overflow = self._too_slow
 
     # --- Member ----------------------------------------------------------------
