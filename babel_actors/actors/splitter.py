@@ -25,9 +25,11 @@ class Splitter:
         """The segment ``result`` makes, or None when it adds nothing."""
         text = " ".join(result.text.split())
         if result.is_final:
-            self._last_partial = None
             if not text:
+                # Nothing settles: the client still shows the last partial, so an
+                # identical one next would only repeat it.
                 return None
+            self._last_partial = None
         elif not text or text == self._last_partial:
             return None
         else:
@@ -39,6 +41,9 @@ class Splitter:
             source_lang=self.source_lang,
             recognized_at=result.produced_at or now,
             wall_ms=wall_ms,
+            audio_received_at=result.audio_received_at,
+            audio_ingested_at=result.audio_ingested_at,
+            split_at=now,
         )
         self._next_seq += 1
         return segment

@@ -113,6 +113,15 @@ async def _accept(
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if registry.config.socket_send_buffer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, registry.config.socket_send_buffer)
-        nursery.start_soon(
-            serve_connection, Connection(sock, backlog_limit=backlog_limit), api, registry
-        )
+        conn = Connection(sock, backlog_limit=backlog_limit)
+        nursery.start_soon(_serve_contained, conn, api, registry)
+
+
+async def _serve_contained(conn: Connection, api: Api, registry: Registry) -> None:
+    """One connection's failure is logged and ends that connection only; it never
+    reaches the accept loop's nursery, where it would take the server down."""
+    try:
+        await serve_connection(conn, api, registry)
+    except Exception:
+        log.exception("connection from %s failed", conn.peer)
+        conn.close()

@@ -22,6 +22,7 @@ from babel_actors.wire.client import (
     parse_binary,
     parse_text,
 )
+from babel_actors.wire.server import now_ms
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +56,7 @@ async def _serve_host(peer: WebSocketPeer, query: Mapping[str, str], registry: R
         return
     peer.role = Role.HOST
     peer.target_lang = session.source_lang
-    peer.send(
-        {
-            "type": "session_ready",
-            "sessionId": session.id,
-            "sessionCode": session.code,
-            "role": "host",
-            "sourceLang": session.source_lang,
-        }
-    )
+    peer.send(_ready(peer, session))
     session.attach_host(peer)
     session.send_stats()
     try:
@@ -85,22 +78,28 @@ async def _serve_solo(peer: WebSocketPeer, query: Mapping[str, str], registry: R
         return
     peer.role = Role.SOLO
     peer.target_lang = target
-    peer.send(
-        {
-            "type": "session_ready",
-            "sessionId": session.id,
-            "sessionCode": None,
-            "role": "solo",
-            "sourceLang": session.source_lang,
-            "targetLang": target,
-        }
-    )
+    peer.send(_ready(peer, session))
     session.attach_host(peer)
     try:
         await _host_loop(peer, session)
     finally:
         session.detach_host(peer)
         session.end("closed", "The solo session has ended.")
+
+
+def _ready(peer: WebSocketPeer, session: Session) -> dict[str, object]:
+    """``session_ready``: sent when a host or solo user connects, and again after each
+    accepted ``init`` (as the original does), carrying the languages now in force."""
+    ready: dict[str, object] = {
+        "type": "session_ready",
+        "sessionId": session.id,
+        "sessionCode": session.code,
+        "role": peer.role.value,
+        "sourceLang": session.source_lang,
+    }
+    if peer.role is Role.SOLO:
+        ready["targetLang"] = peer.target_lang
+    return ready
 
 
 async def _host_loop(peer: WebSocketPeer, session: Session) -> None:
@@ -116,10 +115,12 @@ async def _host_loop(peer: WebSocketPeer, session: Session) -> None:
                     await session.set_source_language(message.source_lang)
                 except UnsupportedLanguage as exc:
                     peer.error(str(exc))
+                    continue
+            peer.send(_ready(peer, session))
         elif isinstance(message, AudioEnd):
             await session.end_of_speech()
         elif isinstance(message, Ping):
-            peer.send({"type": "pong", "timestamp": message.timestamp})
+            _pong(peer, message)
         elif isinstance(message, ChangeLanguage) and peer.role is Role.SOLO:
             _change_language(peer, session, message.target_lang)
         else:
@@ -175,7 +176,7 @@ async def _serve_listener(
             if isinstance(message, ChangeLanguage):
                 _change_language(peer, session, message.target_lang)
             elif isinstance(message, Ping):
-                peer.send({"type": "pong", "timestamp": message.timestamp})
+                _pong(peer, message)
             elif isinstance(message, Audio):
                 peer.error("listeners cannot send audio", FORBIDDEN)
             elif isinstance(message, Init):
@@ -185,6 +186,13 @@ async def _serve_listener(
                 peer.error("listeners cannot send audio_end", FORBIDDEN)
     finally:
         session.remove_member(peer)
+
+
+def _pong(peer: WebSocketPeer, ping: Ping) -> None:
+    """Echo the ping's timestamp; a ping without one gets the server's time (the
+    contract's pong always carries a number)."""
+    stamp = now_ms() if ping.timestamp is None else ping.timestamp
+    peer.send({"type": "pong", "timestamp": stamp})
 
 
 def _change_language(peer: WebSocketPeer, session: Session, language: str) -> None:

@@ -16,6 +16,7 @@ import trio
 import wsproto.events as ws_events
 from wsproto import ConnectionType
 from wsproto.connection import Connection as WsConnection
+from wsproto.connection import ConnectionState
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from babel_actors.audience import Role
@@ -114,8 +115,9 @@ class WebSocketPeer:
     async def messages(self) -> AsyncIterator[str | bytes]:
         """Complete text and binary messages, until the peer closes or is closed.
 
-        Raises ``ProtocolError`` with close code 1009 for a message over the limit and
-        1007 for bad UTF-8 or broken framing; answers pings and close frames itself.
+        Raises ``ProtocolError`` with close code 1009 for a message over the limit,
+        1007 for bad UTF-8 and 1002 for broken framing; answers pings and close frames
+        itself.
         """
         parts: list[str | bytes] = []
         size = 0
@@ -136,6 +138,12 @@ class WebSocketPeer:
                 elif isinstance(event, ws_events.Ping):
                     self.conn.write(self._ws.send(event.response()))
                 elif isinstance(event, ws_events.CloseConnection):
+                    if self._ws.state is ConnectionState.OPEN:
+                        # wsproto reports data it cannot parse (bad UTF-8, bad framing)
+                        # as a close event without a close frame from the peer.
+                        raise ProtocolError(
+                            f"bad WebSocket data: {event.reason}", close_code=event.code
+                        )
                     self.remote_close_code = event.code
                     if self.close_code is None:
                         self.close_code = event.code

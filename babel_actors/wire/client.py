@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from typing import Any
 
@@ -51,8 +52,9 @@ class AudioEnd:
 class Ping:
     """``ping``: answered at once with a ``pong`` carrying the same timestamp."""
 
-    timestamp: Any
-    """Echoed back untouched."""
+    timestamp: int | float | None
+    """Echoed back untouched; None when the ping had none. Always a finite number
+    otherwise, since the pong carries it and must be valid JSON (no NaN)."""
 
 
 @attrs.frozen
@@ -70,7 +72,9 @@ def parse_text(text: str, *, max_sample_rate: int) -> ClientMessage:
     """Parse one text message. Raises ``ProtocolError`` (code 400) on anything wrong."""
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):
+        # ValueError, not only JSONDecodeError: an integer literal past Python's
+        # int-digit limit is valid JSON that json.loads refuses with a plain ValueError.
         raise ProtocolError("malformed JSON") from None
     if not isinstance(data, dict):
         raise ProtocolError("a message must be a JSON object")
@@ -91,7 +95,10 @@ def parse_text(text: str, *, max_sample_rate: int) -> ClientMessage:
     if kind == "audio_end":
         return AudioEnd()
     if kind == "ping":
-        return Ping(data.get("timestamp"))
+        stamp = data.get("timestamp")
+        if stamp is not None and not _is_finite_number(stamp):
+            raise ProtocolError("ping timestamp must be a number")
+        return Ping(stamp)
     if kind == "change_language":
         lang = _language(data, "targetLang", required=True)
         assert lang is not None
@@ -129,6 +136,12 @@ def encode_base64_pcm(pcm: bytes) -> str:
 def is_language(value: object) -> bool:
     """Whether ``value`` looks like a language tag (``es``, ``pt-BR``)."""
     return isinstance(value, str) and _LANGUAGE.match(value) is not None
+
+
+def _is_finite_number(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 def _language(data: dict[str, Any], key: str, *, required: bool) -> str | None:

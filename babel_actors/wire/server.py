@@ -42,7 +42,9 @@ def text_frame(payload: bytes) -> bytes:
 
 def close_frame(code: int, reason: str = "") -> bytes:
     """An unmasked close frame; the reason is cut to fit the 125-byte control limit."""
-    body = struct.pack("!H", code) + reason.encode()[:123]
+    # Cut on a character boundary: a reason with half a UTF-8 sequence is invalid, and
+    # the client would fail the connection with 1007 instead of seeing ``code``.
+    body = struct.pack("!H", code) + reason.encode()[:123].decode(errors="ignore").encode()
     return struct.pack("!BB", 0x80 | CLOSE, len(body)) + body
 
 
