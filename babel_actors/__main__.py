@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    status = 0
     try:
         config = Config.from_env(
             host=args.host,
@@ -51,18 +52,28 @@ def main(argv: list[str] | None = None) -> int:
             allow_tokenless_hosts=args.allow_tokenless_hosts,
         )
         trio.run(_serve_until_signal, config)
-    except BabelError as exc:
-        print(f"babel-actors: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    except* BabelError as group:
+        for exc in _leaves(group):
+            print(f"babel-actors: {exc}", file=sys.stderr)
+        status = 2
+    return status
+
+
+def _leaves(group: BaseExceptionGroup[BabelError]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
 
 
 async def _serve_until_signal(config: Config) -> None:
     stt = make_stt(config)
     mt = make_mt(config)
     try:
+        # Load a model before accepting anyone, so the first session does not wait.
+        load = getattr(stt, "load", None)
+        if load is not None:
+            await load()
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 server: Server = await nursery.start(serve, config, stt, mt)

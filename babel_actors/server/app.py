@@ -10,6 +10,7 @@ import trio
 
 from babel_actors.config import Config
 from babel_actors.engines.base import SpeechToText, Translator
+from babel_actors.errors import ConfigError
 from babel_actors.registry import Registry
 from babel_actors.server.connection import Connection
 from babel_actors.server.http import serve_connection
@@ -37,12 +38,17 @@ class Server:
 
 
 def open_listener(host: str, port: int) -> socket.socket:
-    """A non-blocking listening TCP socket with SO_REUSEADDR."""
+    """A non-blocking listening TCP socket with SO_REUSEADDR; ``ConfigError`` when the
+    address cannot be bound (in use, not ours)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(4096)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(4096)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.setblocking(False)
     return sock
 
