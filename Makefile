@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # The embedded engines: Apertium pairs for translation; the Python side brings Whisper.
 RUN_DEBS := python3-venv apertium apertium-eng-spa apertium-eng-cat apertium-en-gl apertium-eo-en
 # Speech for the tests (Festival's HTS voice, espeak-ng, sox).
-TEST_DEBS := festival festvox-us-slt-hts espeak-ng sox
+TEST_DEBS := festival festvox-us-slt-hts espeak-ng sox chromium fonts-dejavu-core nginx openssl systemd cloud-init shellcheck redis-server
 
 .PHONY: run test lint deps-run deps-test venv clean
 
@@ -20,6 +20,7 @@ test: deps-run deps-test venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy babel_actors
 	$(PY) -m pytest $(PYTEST_ARGS)
+	@echo "screenshots of the web client: $(CURDIR)/test-artifacts/screenshots/"
 
 lint: venv
 	$(VENV)/bin/ruff check .

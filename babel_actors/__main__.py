@@ -11,8 +11,10 @@ import trio
 
 from babel_actors.config import Config
 from babel_actors.engines import MT_ENGINES, STT_ENGINES, make_mt, make_stt
+from babel_actors.engines.calllog import CallLogTranslator
 from babel_actors.errors import BabelError
 from babel_actors.server.app import Server, serve
+from babel_actors.workers import check_workers, supervise
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,6 +35,15 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="let hosts connect without the hostToken, as old clients do",
     )
+    run.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes sharing the port (BABEL_WORKERS, default 1; more needs Redis)",
+    )
+    run.add_argument(
+        "--redis-url",
+        help="share sessions with other processes through Redis (BABEL_REDIS_URL)",
+    )
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     return parser
 
@@ -50,8 +61,14 @@ def main(argv: list[str] | None = None) -> int:
             stt=args.stt,
             mt=args.mt,
             allow_tokenless_hosts=args.allow_tokenless_hosts,
+            workers=args.workers,
+            redis_url=args.redis_url,
         )
-        trio.run(_serve_until_signal, config)
+        check_workers(config)
+        if config.workers > 1:
+            status = trio.run(supervise, config, sys.argv[1:] if argv is None else argv)
+        else:
+            trio.run(_serve_until_signal, config)
     except* BabelError as group:
         for exc in _leaves(group):
             print(f"babel-actors: {exc}", file=sys.stderr)
@@ -69,6 +86,8 @@ def _leaves(group: BaseExceptionGroup[BabelError]) -> list[BaseException]:
 async def _serve_until_signal(config: Config) -> None:
     stt = make_stt(config)
     mt = make_mt(config)
+    if config.mt_call_log:
+        mt = CallLogTranslator(mt, config.mt_call_log)
     try:
         # Load a model before accepting anyone, so the first session does not wait.
         load = getattr(stt, "load", None)

@@ -24,9 +24,9 @@ class Config:
     port: int = 8080
     """TCP port for HTTP and WebSocket alike (``BABEL_PORT``); 0 picks a free one."""
     stt: str = "whisper"
-    """Speech engine: ``whisper``, ``scripted`` (``BABEL_STT``)."""
+    """Speech engine: ``whisper``, ``google``, ``scripted`` (``BABEL_STT``)."""
     mt: str = "apertium"
-    """Translation engine: ``apertium``, ``echo`` (``BABEL_MT``)."""
+    """Translation engine: ``apertium``, ``openai``, ``echo`` (``BABEL_MT``)."""
     default_source_lang: str = "en"
     """Source language of a host that sends no ``init`` (``BABEL_SOURCE_LANG``)."""
     allow_tokenless_hosts: bool = False
@@ -78,6 +78,38 @@ class Config:
     """Finals kept per session for ``lastSeq`` resume."""
     catchup_finals: int = 10
     """Recent finals a late joiner receives before live captions."""
+    stage_samples: int = 10000
+    """Captions per stage whose latencies ``GET /stats`` summarises (the latest ones)."""
+
+    redis_url: str = ""
+    """Share sessions between processes and machines through this Redis
+    (``redis://[:password@]host:port/db``, ``rediss://`` for TLS); empty keeps every
+    session in its own process (``BABEL_REDIS_URL``)."""
+    node_id: str = ""
+    """This process's name in the cluster; empty makes one from host name and pid."""
+    workers: int = 1
+    """Worker processes sharing the port (SO_REUSEPORT); more than 1 needs ``redis_url``."""
+    reuse_port: bool = False
+    """Bind with SO_REUSEPORT, so sibling workers share the port (set for workers)."""
+    redis_stream_maxlen: int = 5000
+    """Entries (one final in one language) kept per session in its Redis stream."""
+    redis_retention_s: float = 86400.0
+    """A session's Redis keys expire this long after their last write."""
+    redis_owner_ttl_s: float = 6.0
+    """The owning node renews its claim on a session every third of this; a claim not
+    renewed for this long (a dead node) orphans the session."""
+    redis_timeout_s: float = 2.0
+    """Longest wait to connect to Redis or for one reply."""
+    redis_join_wait_s: float = 2.0
+    """How long a joiner on one node waits for the host's node to start translating
+    into a new language before it catches up from the stream anyway."""
+    redis_outbox: int = 10000
+    """Finals a node holds for Redis while Redis is unreachable (partials are dropped)."""
+    redis_retry_s: float = 0.5
+    """Wait between attempts to reach Redis while it is unreachable."""
+    mt_call_log: str = ""
+    """Append one line per translation request to this file (tests count requests
+    across processes); empty logs nothing."""
 
     whisper_model_dir: str = ""
     """A CTranslate2 Whisper model directory; empty uses the bundled tiny.en."""
@@ -90,6 +122,68 @@ class Config:
     script_path: str = ""
     """JSON script for the ``scripted`` engine; empty uses the built-in one."""
 
+    google_project: str = ""
+    """Google Cloud project for Speech-to-Text (``GOOGLE_CLOUD_PROJECT``); empty takes
+    the project of the Application Default Credentials."""
+    google_location: str = "us"
+    """Speech-to-Text v2 location: the endpoint is ``{location}-speech.googleapis.com``."""
+    google_model: str = "chirp_3"
+    """Speech-to-Text v2 model."""
+    google_endpoint: str = ""
+    """``host:port`` of the Speech service, overriding the location's (emulators)."""
+    google_insecure: bool = False
+    """Talk plaintext gRPC with no credentials (``BABEL_GOOGLE_INSECURE=1``, emulators)."""
+    google_sample_rate: int = 16000
+    """PCM rate sent to Google (LINEAR16, mono); ingest resamples to it."""
+    google_rollover_s: float = 290.0
+    """A stream is replaced before it is this old (Google ends them at 5 minutes)."""
+    google_seam_window_s: float = 30.0
+    """In the last seconds before ``google_rollover_s`` a stream is replaced at the
+    next final, so the seam falls between utterances rather than inside one."""
+    google_drain_timeout_s: float = 5.0
+    """How long a half-closed stream gets to deliver its last finals."""
+    google_idle_s: float = 5.0
+    """A stream that receives no audio for this long is half-closed (it reopens when
+    audio resumes), so Google's own audio timeout never fires."""
+    google_max_replay_s: float = 30.0
+    """Most audio kept for replay into the next stream; older unrecognised audio is
+    dropped during a long outage."""
+    google_retry_initial_s: float = 0.25
+    """Wait before the second attempt at a failed stream (the first retry is at once)."""
+    google_retry_max_s: float = 8.0
+    """Longest wait between two attempts; the wait doubles up to it."""
+    google_outage_s: float = 15.0
+    """Streams failing for this long raise ``EngineError``: host and listeners are told,
+    and the STT actor keeps retrying."""
+    google_phrase_boost: float = 10.0
+    """Boost of glossary phrases in the inline phrase set (0 sends no adaptation)."""
+    google_cancel_grace_s: float = 2.0
+    """How long a cancelled stream waits for its gRPC call to end on the bridge thread."""
+
+    openai_model: str = "gpt-4o"
+    """Chat model for the ``openai`` translator."""
+    openai_api_key: str = attrs.field(default="", repr=False)
+    """API key (``OPENAI_API_KEY``); may stay empty for a self-hosted server."""
+    openai_base_url: str = ""
+    """An OpenAI-compatible API, e.g. ``http://127.0.0.1:8000/v1`` for vLLM
+    (``OPENAI_BASE_URL``); empty is OpenAI's."""
+    openai_timeout_s: float = 8.0
+    """Longest wait for one HTTP request to the model."""
+    openai_max_retries: int = 2
+    """Retries after a timeout, a connection error, a 429 or a 5xx."""
+    openai_retry_initial_s: float = 0.5
+    """Backoff before the first retry when the server names no ``retry-after``."""
+    openai_retry_max_s: float = 5.0
+    """Longest wait before a retry; a longer ``retry-after`` fails the translation."""
+    openai_requests_per_minute: int = 500
+    """Client-side limit on requests (0: none)."""
+    openai_tokens_per_minute: int = 30000
+    """Client-side limit on tokens, prompt and reply (0: none)."""
+    openai_max_output_tokens: int = 400
+    """``max_tokens`` of each reply."""
+    openai_temperature: float = 0.0
+    """Sampling temperature; negative leaves it to the server's default."""
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         """Build a Config from ``BABEL_<FIELD>`` variables, then ``overrides``."""
@@ -97,10 +191,20 @@ class Config:
         values: dict[str, Any] = {}
         for field in attrs.fields(cls):
             raw = env.get(f"BABEL_{field.name.upper()}")
+            if raw is None and field.name in _STANDARD_ENV:
+                raw = env.get(_STANDARD_ENV[field.name])
             if raw is not None and raw != "":
                 values[field.name] = _parse(field.name, field.type, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+_STANDARD_ENV = {
+    "google_project": "GOOGLE_CLOUD_PROJECT",
+    "openai_api_key": "OPENAI_API_KEY",
+    "openai_base_url": "OPENAI_BASE_URL",
+}
+"""Fields also read from the provider's own variable when ``BABEL_<FIELD>`` is unset."""
 
 
 def _parse(name: str, kind: Any, raw: str) -> Any:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import attrs
 
+from babel_actors.glossary import Glossary
+
 
 @attrs.frozen
 class AudioFrame:
@@ -18,6 +20,8 @@ class AudioFrame:
     """Samples per second of ``pcm``."""
     received_at: float
     """``trio.current_time()`` when the bytes came off the socket."""
+    ingested_at: float = 0.0
+    """``trio.current_time()`` when ingest handed the frame on; 0.0 when unknown."""
 
 
 @attrs.frozen
@@ -48,6 +52,11 @@ class SttResult:
     """Seconds of session audio this result covers, counted from the stream's start."""
     produced_at: float = 0.0
     """``trio.current_time()`` when the engine produced the result."""
+    audio_received_at: float = 0.0
+    """``received_at`` of the audio that completed the result; 0.0 when the engine
+    cannot tell (stage timing, ``babel_actors.stages``)."""
+    audio_ingested_at: float = 0.0
+    """``ingested_at`` of that audio; 0.0 when unknown."""
 
 
 @attrs.frozen
@@ -66,6 +75,12 @@ class Segment:
     """``trio.current_time()`` when the engine produced it."""
     wall_ms: int
     """Unix milliseconds at the same moment (the wire's ``timestamp``)."""
+    audio_received_at: float = 0.0
+    """The result's ``audio_received_at``: when its audio came off the socket."""
+    audio_ingested_at: float = 0.0
+    """The result's ``audio_ingested_at``: when ingest handed that audio on."""
+    split_at: float = 0.0
+    """``trio.current_time()`` when the splitter made the segment."""
 
 
 @attrs.frozen
@@ -80,6 +95,8 @@ class Caption:
     """The translation, or the source text when ``has_translation`` is false."""
     has_translation: bool
     """False when translation failed and ``text`` is the source text, flagged."""
+    translated_at: float = 0.0
+    """``trio.current_time()`` when the translator handed the caption on."""
 
 
 @attrs.frozen
@@ -102,8 +119,9 @@ class SourceLanguage:
     """BCP-47 primary tag, e.g. ``"en"``."""
 
 
-IngestEvent = HostAudio | EndOfSpeech | SourceLanguage
+IngestEvent = HostAudio | EndOfSpeech | SourceLanguage | Glossary
 """What a host connection (or an embedder) hands to the ingest actor."""
 
-SttInput = AudioFrame | EndOfSpeech | SourceLanguage
-"""What the ingest actor hands to the STT actor."""
+SttInput = AudioFrame | EndOfSpeech | SourceLanguage | Glossary
+"""What the ingest actor hands to the STT actor (a ``Glossary`` restarts the stream
+with new recognition hints)."""

@@ -21,6 +21,9 @@ class History:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, seq_id: object) -> bool:
+        return seq_id in self._entries
+
     def add(self, caption: Caption, frame: bytes) -> None:
         segment = caption.segment
         entry = self._entries.get(segment.seq_id)
@@ -38,6 +41,11 @@ class History:
         """Captions in ``language``, with their frames, of the finals after seqId
         ``after`` (the last ``limit``)."""
         return [frames[language] for _, frames in self._tail(after, limit) if language in frames]
+
+    def finals(self, after: int, limit: int) -> list[tuple[Segment, dict[str, _Rendered]]]:
+        """The finals after seqId ``after`` (the last ``limit``), each with its
+        renderings by language, oldest first."""
+        return self._tail(after, limit)
 
     def last_seq(self) -> int:
         return next(reversed(self._entries), 0)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import secrets
+import uuid
 from collections.abc import Container
 
 import trio
 
+from babel_actors.cluster import ClusterSession
 from babel_actors.config import Config
 from babel_actors.engines.base import SpeechToText, Translator
 from babel_actors.session import Session
+from babel_actors.stages import StageRecorder
+from babel_actors.store import MemoryStore, SessionRecord, SessionStore
+from babel_actors.wire.server import now_ms
 
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 """Session-code characters: no 0/O, 1/I/L look-alikes, so a code read aloud or off a
@@ -31,23 +36,47 @@ def normalize_code(code: str) -> str:
 
 
 class Registry:
-    """The process's sessions. A session removes itself when it ends."""
+    """The process's sessions. A session removes itself when it ends.
+
+    With a ``shared`` store, coded sessions are ``ClusterSession``s: ``open`` and
+    ``lookup`` find sessions that other nodes created and serve them here too. Raises
+    ``StoreUnavailable`` (from ``start_session``, ``open``, ``lookup``) when the
+    shared store cannot be reached and the session is not already served here.
+    """
 
     def __init__(
-        self, config: Config, stt: SpeechToText, mt: Translator, nursery: trio.Nursery
+        self,
+        config: Config,
+        stt: SpeechToText,
+        mt: Translator,
+        nursery: trio.Nursery,
+        store: SessionStore | None = None,
     ) -> None:
         self.config = config
         self.stt = stt
         self.mt = mt
         self._nursery = nursery
+        self.store: SessionStore = store or MemoryStore()
+        """Where sessions are shared (``/health`` reports it)."""
+        self._opening: dict[str, trio.Event] = {}
+        self.stages = StageRecorder(config.stage_samples)
+        """Stage latencies of every session's captions (``GET /stats``)."""
         self.by_id: dict[str, Session] = {}
         self.by_code: dict[str, Session] = {}
 
     async def start_session(self, *, source_lang: str | None = None, solo: bool = False) -> Session:
         """Create a session and start its pipeline; solo sessions get no code."""
+        if self.store.shared and not solo:
+            return await self._start_shared(source_lang or self.config.default_source_lang)
         code = None if solo else new_code(self.by_code)
         session = Session(
-            self.config, self.stt, self.mt, code=code, source_lang=source_lang, solo=solo
+            self.config,
+            self.stt,
+            self.mt,
+            code=code,
+            source_lang=source_lang,
+            solo=solo,
+            stages=self.stages,
         )
         self.by_id[session.id] = session
         if code is not None:
@@ -63,12 +92,58 @@ class Registry:
         session = self.by_code.get(normalize_code(code))
         return None if session is None or session.ended.is_set() else session
 
+    async def open(self, session_id: str) -> Session | None:
+        """``get``, or a session another node created, now served here too."""
+        session = self.get(session_id)
+        if session is not None or not self.store.shared or not session_id:
+            return session
+        while (opening := self._opening.get(session_id)) is not None:
+            await opening.wait()
+        session = self.get(session_id)
+        if session is not None:
+            return session
+        self._opening[session_id] = trio.Event()
+        try:
+            record = await self.store.load(session_id)
+            return None if record is None else await self._serve(record)
+        finally:
+            self._opening.pop(session_id).set()
+
+    async def lookup(self, code: str) -> Session | None:
+        """``find``, or the session another node created with ``code``."""
+        session = self.find(code)
+        if session is not None or not self.store.shared:
+            return session
+        session_id = await self.store.resolve(normalize_code(code))
+        return None if session_id is None else await self.open(session_id)
+
     def live(self) -> list[Session]:
         return [s for s in self.by_id.values() if not s.ended.is_set()]
 
     def end_all(self, reason: str, message: str) -> None:
         for session in list(self.by_id.values()):
             session.end(reason, message)
+
+    async def _start_shared(self, source_lang: str) -> Session:
+        while True:
+            record = SessionRecord(
+                str(uuid.uuid4()),
+                new_code(self.by_code),
+                secrets.token_urlsafe(24),
+                source_lang,
+                now_ms(),
+            )
+            if await self.store.create(record):
+                return await self._serve(record)
+
+    async def _serve(self, record: SessionRecord) -> Session:
+        session = ClusterSession(
+            self.config, self.stt, self.mt, record=record, store=self.store, stages=self.stages
+        )
+        self.by_id[session.id] = session
+        self.by_code[record.code] = session
+        await self._nursery.start(self._supervise, session)
+        return session
 
     async def _supervise(
         self, session: Session, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

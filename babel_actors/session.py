@@ -34,7 +34,9 @@ from babel_actors.events import (
     SttInput,
     SttResult,
 )
+from babel_actors.glossary import Glossary
 from babel_actors.history import History
+from babel_actors.stages import StageRecorder
 from babel_actors.wire.server import (
     caption_message,
     error_message,
@@ -46,6 +48,8 @@ from babel_actors.wire.server import (
 log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = 1011
+SERVICE_UNAVAILABLE = 503
+"""``error.code`` when the speech engine fails for a while: the session goes on."""
 
 
 class Session:
@@ -65,8 +69,14 @@ class Session:
         code: str | None = None,
         source_lang: str | None = None,
         solo: bool = False,
+        stages: StageRecorder | None = None,
+        first_seq: int = 1,
     ) -> None:
         self.config = config
+        self.first_seq = first_seq
+        """The seqId of the pipeline's first segment (a session moving between nodes
+        continues after the last one it used)."""
+        self.stages = stages
         self.stt = stt
         self.mt = mt
         self.id = str(uuid.uuid4())
@@ -75,6 +85,8 @@ class Session:
         self.host_token = secrets.token_urlsafe(24)
         self.source_lang = source_lang or config.default_source_lang
         self.sample_rate = config.default_sample_rate
+        self.glossary = Glossary()
+        """Forced translations and kept words, set by the host (``init.glossary``)."""
         self.created_ms = now_ms()
         self.last_activity_ms = self.created_ms
         self.audience = Audience()
@@ -110,6 +122,13 @@ class Session:
             if host is not None and host.role is Role.HOST:
                 self.change_language(host, language)
             await self._ingest_send.send(SourceLanguage(language))
+
+    async def set_glossary(self, glossary: Glossary) -> None:
+        """Use ``glossary`` from the next translation on, and reopen the speech stream
+        with its words as recognition hints."""
+        if glossary != self.glossary:
+            self.glossary = glossary
+            await self._ingest_send.send(glossary)
 
     # --- the host's side -------------------------------------------------------
 
@@ -256,6 +275,7 @@ class Session:
                             captions_receive,
                             audience=self.audience,
                             history=self.history,
+                            stages=self.stages,
                         )
                     )
                     await nursery.start(
@@ -269,6 +289,7 @@ class Session:
                             partial_interval_s=config.partial_interval_s,
                             timeout_s=config.translate_timeout_s,
                             context_segments=config.context_segments,
+                            glossary=lambda: self.glossary,
                         )
                     )
                     await nursery.start(
@@ -276,7 +297,7 @@ class Session:
                             run_splitter,
                             results_receive,
                             segments_send,
-                            splitter=Splitter(self.source_lang),
+                            splitter=Splitter(self.source_lang, first_seq=self.first_seq),
                         )
                     )
                     await nursery.start(
@@ -288,7 +309,7 @@ class Session:
                             language=self.source_lang,
                             queue_size=config.audio_queue,
                             retry_after_s=config.engine_retry_s,
-                            on_error=self.notify_error,
+                            on_error=partial(self.notify_error, code=SERVICE_UNAVAILABLE),
                         )
                     )
                     await nursery.start(
@@ -340,5 +361,6 @@ class Session:
             language,
             context=(),
             timeout_s=self.config.translate_timeout_s,
+            glossary=self.glossary,
         )
         self.history.add(caption, message_frame(caption_message(caption)))

@@ -75,6 +75,8 @@ def test_openapi_parses() -> None:
         "/session/{code}/info",
         "/sessions",
         "/health",
+        "/stats",
+        "/stats/reset",
         "/translate",
     }
     for path, item in doc["paths"].items():

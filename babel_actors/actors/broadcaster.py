@@ -7,6 +7,7 @@ import trio
 from babel_actors.audience import Audience
 from babel_actors.events import Caption
 from babel_actors.history import History
+from babel_actors.stages import StageRecorder
 from babel_actors.wire.server import caption_message, message_frame
 
 
@@ -29,6 +30,7 @@ async def run_broadcaster(
     *,
     audience: Audience,
     history: History,
+    stages: StageRecorder | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Fan captions out to the session's members.
@@ -39,8 +41,12 @@ async def run_broadcaster(
     ``lastSeq``). So one slow phone never delays the others.
     Cancellation: safe at any await; a caption is delivered to all or none.
     Error handling: members never raise; their failures close only themselves.
+    ``stages``, when given, records each caption's stage latencies once it has been
+    written to every member (once per caption, never per member).
     """
     async with inbox:
         task_status.started()
         async for caption in inbox:
             deliver(caption, audience, history)
+            if stages is not None:
+                stages.record(caption, trio.current_time())

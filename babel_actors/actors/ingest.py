@@ -62,9 +62,12 @@ async def run_ingest(
             if isinstance(event, HostAudio):
                 pcm = resampler.feed(event.pcm, event.sample_rate)
                 if pcm:
-                    await outbox.send(AudioFrame(pcm, resampler.out_rate, event.received_at))
+                    await outbox.send(
+                        AudioFrame(pcm, resampler.out_rate, event.received_at, trio.current_time())
+                    )
                 continue
             tail = resampler.flush()
             if tail:
-                await outbox.send(AudioFrame(tail, resampler.out_rate, trio.current_time()))
+                now = trio.current_time()
+                await outbox.send(AudioFrame(tail, resampler.out_rate, now, now))
             await outbox.send(event)

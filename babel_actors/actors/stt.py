@@ -11,6 +11,7 @@ import trio
 from babel_actors.engines.base import SpeechToText
 from babel_actors.errors import EngineError
 from babel_actors.events import AudioEvent, SourceLanguage, SttInput, SttResult
+from babel_actors.glossary import Glossary
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ async def run_stt(
     """Feed audio to ``engine.transcribe`` and pass its results on.
 
     A ``SourceLanguage`` ends the current stream (the engine finalises what it holds)
-    and opens a new one in that language.
+    and opens a new one in that language; a ``Glossary`` likewise opens one with it.
     Backpressure: blocks on the engine's bounded inbox; results block on a full outbox.
     Cancellation: cancels the engine stream with the actor.
     Error handling: an ``EngineError`` is reported through ``on_error`` (the session
@@ -39,11 +40,14 @@ async def run_stt(
     async with inbox, outbox:
         task_status.started()
         ended = False
+        glossary = Glossary()
+        failure: BaseException | None = None
         while not ended:
             feed_send, feed_receive = trio.open_memory_channel[AudioEvent](queue_size)
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_transcribe, engine, feed_receive, outbox, language)
+                    args = (engine, feed_receive, outbox, language, glossary)
+                    nursery.start_soon(_transcribe, *args)
                     async with feed_send:
                         ended = True
                         async for event in inbox:
@@ -51,11 +55,19 @@ async def run_stt(
                                 language = event.language
                                 ended = False
                                 break
+                            if isinstance(event, Glossary):
+                                glossary = event
+                                ended = False
+                                break
                             await feed_send.send(event)
-            except EngineError as exc:
-                log.warning("speech engine %s failed: %s", engine.name, exc)
-                on_error(f"speech recognition failed ({exc}); retrying")
+            except* EngineError as group:
+                # The engine fails inside the stream's nursery: its error comes grouped.
+                failure = group.exceptions[0]
+            if failure is not None:
+                log.warning("speech engine %s failed: %s", engine.name, failure)
+                on_error(f"speech recognition failed ({failure}); retrying")
                 ended = False
+                failure = None
                 await trio.sleep(retry_after_s)
 
 
@@ -64,6 +76,10 @@ async def _transcribe(
     audio: trio.MemoryReceiveChannel[AudioEvent],
     outbox: trio.MemorySendChannel[SttResult],
     language: str,
+    glossary: Glossary,
 ) -> None:
     # The engine must not close the actor's outbox: it outlives each stream.
-    await engine.transcribe(audio, outbox, language=language)
+    if glossary:
+        await engine.transcribe(audio, outbox, language=language, glossary=glossary)
+    else:
+        await engine.transcribe(audio, outbox, language=language)

@@ -12,11 +12,13 @@ import math
 from collections import deque
 from collections.abc import Callable, Sequence
 
+import attrs
 import trio
 
 from babel_actors.engines.base import Translator
 from babel_actors.errors import BabelError
 from babel_actors.events import Caption, Segment
+from babel_actors.glossary import Glossary
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ async def translate_segment(
     *,
     context: Sequence[str],
     timeout_s: float,
+    glossary: Glossary | None = None,
 ) -> Caption:
     """``segment`` in ``target``; on failure or timeout, its source text, flagged.
 
@@ -35,11 +38,17 @@ async def translate_segment(
     """
     if target == segment.source_lang:
         return Caption(segment, target, segment.text, True)
+    source = segment.source_lang
     with trio.move_on_after(timeout_s):
         try:
-            text = await engine.translate(
-                segment.text, source=segment.source_lang, target=target, context=context
-            )
+            if glossary:
+                text = await engine.translate(
+                    segment.text, source=source, target=target, context=context, glossary=glossary
+                )
+            else:
+                text = await engine.translate(
+                    segment.text, source=source, target=target, context=context
+                )
             return Caption(segment, target, text, True)
         except BabelError as exc:
             log.warning("translation %s->%s failed: %s", segment.source_lang, target, exc)
@@ -77,6 +86,7 @@ async def run_translator(
     partial_interval_s: float,
     timeout_s: float,
     context_segments: int,
+    glossary: Callable[[], Glossary] = Glossary,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Dispatch each segment to the lanes of the languages wanted right now.
@@ -91,6 +101,7 @@ async def run_translator(
     Cancellation: cancels every lane; translations in flight are abandoned.
     Error handling: a failed or timed-out translation becomes the source text with
     ``has_translation`` false (``translate_segment``).
+    ``glossary()`` is the session's glossary when a translation starts.
     """
     context: deque[str] = deque(maxlen=context_segments)
     lanes: dict[str, _Lane] = {}
@@ -100,12 +111,13 @@ async def run_translator(
             job = (segment, tuple(context))
             for target in sorted(languages()):
                 if target == segment.source_lang:
-                    await outbox.send(Caption(segment, target, segment.text, True))
+                    now = trio.current_time()
+                    await outbox.send(Caption(segment, target, segment.text, True, now))
                     continue
                 lane = lanes.get(target)
                 if lane is None:
                     lane = lanes[target] = _Lane(target, queue_size)
-                    args = (lane, outbox.clone(), engine, timeout_s)
+                    args = (lane, outbox.clone(), engine, timeout_s, glossary)
                     nursery.start_soon(_translate_finals, *args)
                     nursery.start_soon(_translate_partials, *args, partial_interval_s)
                 if segment.is_partial:
@@ -125,13 +137,19 @@ async def _translate_finals(
     outbox: trio.MemorySendChannel[Caption],
     engine: Translator,
     timeout_s: float,
+    glossary: Callable[[], Glossary],
 ) -> None:
     async with outbox, lane.finals_receive:
         async for segment, context in lane.finals_receive:
             caption = await translate_segment(
-                engine, segment, lane.target, context=context, timeout_s=timeout_s
+                engine,
+                segment,
+                lane.target,
+                context=context,
+                timeout_s=timeout_s,
+                glossary=glossary(),
             )
-            await outbox.send(caption)
+            await outbox.send(_stamped(caption))
 
 
 async def _translate_partials(
@@ -139,6 +157,7 @@ async def _translate_partials(
     outbox: trio.MemorySendChannel[Caption],
     engine: Translator,
     timeout_s: float,
+    glossary: Callable[[], Glossary],
     interval_s: float,
 ) -> None:
     next_at = -math.inf
@@ -153,7 +172,17 @@ async def _translate_partials(
             segment, context = job
             next_at = trio.current_time() + interval_s
             caption = await translate_segment(
-                engine, segment, lane.target, context=context, timeout_s=timeout_s
+                engine,
+                segment,
+                lane.target,
+                context=context,
+                timeout_s=timeout_s,
+                glossary=glossary(),
             )
             if segment.seq_id > lane.last_final_seq:
-                await outbox.send(caption)
+                await outbox.send(_stamped(caption))
+
+
+def _stamped(caption: Caption) -> Caption:
+    """``caption`` marked with the moment it leaves the translator (stage timing)."""
+    return attrs.evolve(caption, translated_at=trio.current_time())

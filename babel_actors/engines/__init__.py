@@ -10,8 +10,8 @@ from babel_actors.config import Config
 from babel_actors.engines.base import SpeechToText, Translator
 from babel_actors.errors import ConfigError
 
-STT_ENGINES = ("whisper", "scripted")
-MT_ENGINES = ("apertium", "echo")
+STT_ENGINES = ("whisper", "google", "scripted")
+MT_ENGINES = ("apertium", "openai", "echo")
 
 
 def make_stt(config: Config) -> SpeechToText:
@@ -20,6 +20,10 @@ def make_stt(config: Config) -> SpeechToText:
         from babel_actors.engines.whisper import WhisperSpeechToText
 
         return WhisperSpeechToText(config)
+    if config.stt == "google":
+        from babel_actors.engines.google import GoogleSpeechToText
+
+        return GoogleSpeechToText(config)
     if config.stt == "scripted":
         from babel_actors.engines.scripted import (
             DEFAULT_SCRIPT,
@@ -38,6 +42,10 @@ def make_mt(config: Config) -> Translator:
         from babel_actors.engines.apertium import ApertiumTranslator
 
         return ApertiumTranslator(config)
+    if config.mt == "openai":
+        from babel_actors.engines.openai import OpenAITranslator
+
+        return OpenAITranslator(config)
     if config.mt == "echo":
         from babel_actors.engines.echo import EchoTranslator
 

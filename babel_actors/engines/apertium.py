@@ -34,6 +34,7 @@ from babel_actors.errors import (
     TranslationFailed,
     UnsupportedLanguage,
 )
+from babel_actors.glossary import Glossary, phrase_pattern
 
 _MODE_FILE = re.compile(r"([a-z]{2,3})-([a-z]{2,3})\.mode")
 """A plain pair's mode; variants (``eng-cat_valencia``, ``en-eo-bytecode``) never match."""
@@ -61,6 +62,9 @@ _ISO_639_1 = {
 _ESCAPED = re.compile(r"([\\\[\]^$/<>@{}])")
 """What ``apertium-destxt`` escapes; an unescaped ``@`` kills the pipeline."""
 _ESCAPE_SEQUENCE = re.compile(r"\\(.)", re.DOTALL)
+_MARK = "\ue000"
+"""Stands for a glossary superblank while the rest of the text is deformatted (a
+private-use character: ``deformat`` keeps it and escapes nothing in it)."""
 _GENERATOR_FLAG = "-n"
 """``$1`` of a mode is the generator's mode: ``-n`` writes no ``*``/``#``/``@`` marks."""
 _STDERR_TAIL_BYTES = 2048
@@ -155,6 +159,26 @@ def _superblank_end(stream: str, start: int) -> int:
     return -1
 
 
+def _protect(text: str, glossary: Glossary | None, target: str) -> str:
+    """``deformat(text)``, with the glossary's phrases replaced by superblanks that
+    hold their forced rendering (or themselves, for kept words)."""
+    if not glossary:
+        return deformat(text)
+    renderings = [*glossary.forced(target, text), *((w, w) for w in glossary.kept(text))]
+    # Longest first, so "Holy Spirit Church" wins over "Holy Spirit".
+    renderings.sort(key=lambda pair: -len(pair[0]))
+    blanks: list[str] = []
+    for phrase, rendering in renderings:
+
+        def mark(_match: re.Match[str], rendering: str = rendering) -> str:
+            blanks.append("[" + _ESCAPED.sub(r"\\\1", rendering) + "]")
+            return f"{_MARK}{len(blanks) - 1}{_MARK}"
+
+        text = phrase_pattern(phrase).sub(mark, text)
+    request = deformat(text)
+    return re.sub(f"{_MARK}(\\d+){_MARK}", lambda m: blanks[int(m[1])], request)
+
+
 def _capitalised(text: str) -> str:
     if not text.islower():
         return text
@@ -207,19 +231,28 @@ class ApertiumTranslator:
         return frozenset(target for s, target in self._routes if s == source)
 
     async def translate(
-        self, text: str, *, source: str, target: str, context: Sequence[str] = ()
+        self,
+        text: str,
+        *,
+        source: str,
+        target: str,
+        context: Sequence[str] = (),
+        glossary: Glossary | None = None,
     ) -> str:
         """Translate one segment. ``context`` is ignored: Apertium works per sentence.
 
         Text that is all lower case gets a capital first letter (Apertium's tagger
-        reads case); unknown words come back as they are, unmarked.
+        reads case); unknown words come back as they are, unmarked. A glossary's
+        forced translations and kept words travel through the pipeline in
+        superblanks, which every stage passes on untouched (the words around them are
+        translated without them, so agreement with them is not guaranteed).
         """
         route = self._routes.get((language_tag(source), language_tag(target)))
         if route is None:
             if language_tag(source) not in self.sources():
                 raise UnsupportedLanguage(self.name, source, self.sources())
             raise UnsupportedLanguage(self.name, target, self.targets(source))
-        request = deformat(_capitalised(text))
+        request = _protect(_capitalised(text), glossary, target)
         if not request:
             return ""
         with trio.move_on_after(self._timeout):

@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 import trio
 
 from babel_actors.events import AudioEvent, SttResult
+from babel_actors.glossary import Glossary
 
 
 @runtime_checkable
@@ -33,8 +34,13 @@ class SpeechToText(Protocol):
         results: trio.MemorySendChannel[SttResult],
         *,
         language: str,
+        glossary: Glossary | None = None,
     ) -> None:
         """Recognise one stream: read ``audio`` until it closes, write ``results``.
+
+        ``glossary`` holds the session's terms, as recognition hints where the engine
+        can use them; callers pass it only when it is not empty, so engines without
+        the parameter keep working.
 
         Returns once ``audio`` is closed and every result for it is sent. Does not close
         ``results`` (the caller owns it). An ``EndOfSpeech`` asks for a final result for
@@ -64,9 +70,18 @@ class Translator(Protocol):
         ...
 
     async def translate(
-        self, text: str, *, source: str, target: str, context: Sequence[str] = ()
+        self,
+        text: str,
+        *,
+        source: str,
+        target: str,
+        context: Sequence[str] = (),
+        glossary: Glossary | None = None,
     ) -> str:
         """Translate ``text``; ``context`` holds the previous segments, oldest first.
+
+        ``glossary`` holds the session's forced translations and kept words; callers
+        pass it only when it is not empty, so engines without the parameter work.
 
         Raises ``UnsupportedLanguage`` for a pair it lacks and ``TranslationFailed``
         when it cannot deliver; never a provider's own exception type.

@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from babel_actors.errors import UnsupportedLanguage
+from babel_actors.glossary import Glossary, phrase_pattern
 
 ECHO_LANGUAGES = frozenset({"en", "es", "fr", "de", "it", "pt", "ca", "gl", "eo"})
 
@@ -31,11 +32,20 @@ class EchoTranslator:
         return self._languages - {source} if source in self._languages else frozenset()
 
     async def translate(
-        self, text: str, *, source: str, target: str, context: Sequence[str] = ()
+        self,
+        text: str,
+        *,
+        source: str,
+        target: str,
+        context: Sequence[str] = (),
+        glossary: Glossary | None = None,
     ) -> str:
+        """``[es] text``; a glossary's forced terms replace theirs, so tests can see it."""
         if target not in self.targets(source):
             raise UnsupportedLanguage(self.name, target, self.targets(source))
         self.calls[(text, target)] += 1
+        for term, rendering in glossary.forced(target, text) if glossary else ():
+            text = phrase_pattern(term).sub(rendering, text)
         return f"[{target}] {text}"
 
     async def aclose(self) -> None:

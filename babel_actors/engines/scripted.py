@@ -16,6 +16,7 @@ import trio
 
 from babel_actors.errors import ConfigError
 from babel_actors.events import AudioEvent, AudioFrame, SttResult
+from babel_actors.glossary import Glossary
 
 
 @attrs.frozen
@@ -84,6 +85,8 @@ class ScriptedSpeechToText:
         self.sample_rate = sample_rate
         self._languages = languages
         self.loop = loop
+        self.glossaries: list[Glossary] = []
+        """Every glossary a stream was opened with."""
 
     def languages(self) -> frozenset[str]:
         return self._languages
@@ -94,9 +97,13 @@ class ScriptedSpeechToText:
         results: trio.MemorySendChannel[SttResult],
         *,
         language: str,
+        glossary: Glossary | None = None,
     ) -> None:
         """Backpressure: blocks on a full ``results``, which holds up reading audio.
-        Cancellation: safe at any await. Error handling: cannot fail."""
+        Cancellation: safe at any await. Error handling: cannot fail. ``glossary`` is
+        only recorded in ``glossaries``, for tests."""
+        if glossary:
+            self.glossaries.append(glossary)
         script = self.script
         position = 0
         heard_s = 0.0
@@ -106,7 +113,10 @@ class ScriptedSpeechToText:
                 if isinstance(event, AudioFrame):
                     heard_s += len(event.pcm) / 2 / event.sample_rate
                     while position < len(script) and script[position].at_s + offset_s <= heard_s:
-                        await self._emit(results, script[position], offset_s)
+                        line = script[position]
+                        await self._emit(
+                            results, line, offset_s, event.received_at, event.ingested_at
+                        )
                         position += 1
                 else:
                     # Fire the rest of the utterance now; later lines keep their spacing
@@ -114,7 +124,7 @@ class ScriptedSpeechToText:
                     while position < len(script):
                         line = script[position]
                         position += 1
-                        await self._emit(results, line, offset_s)
+                        await self._emit(results, line, offset_s, event.received_at, 0.0)
                         if line.is_final:
                             offset_s = heard_s - line.at_s
                             break
@@ -124,7 +134,11 @@ class ScriptedSpeechToText:
 
     @staticmethod
     async def _emit(
-        results: trio.MemorySendChannel[SttResult], line: ScriptLine, offset_s: float
+        results: trio.MemorySendChannel[SttResult],
+        line: ScriptLine,
+        offset_s: float,
+        received_at: float,
+        ingested_at: float,
     ) -> None:
         await results.send(
             SttResult(
@@ -132,6 +146,8 @@ class ScriptedSpeechToText:
                 is_final=line.is_final,
                 audio_end_s=line.at_s + offset_s,
                 produced_at=trio.current_time(),
+                audio_received_at=received_at,
+                audio_ingested_at=ingested_at,
             )
         )
 

@@ -24,6 +24,7 @@ from pocketsphinx import Endpointer
 from babel_actors.config import Config
 from babel_actors.errors import EngineError, EngineUnavailable, UnsupportedLanguage
 from babel_actors.events import AudioEvent, EndOfSpeech, SttResult
+from babel_actors.glossary import Glossary
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
@@ -201,6 +202,7 @@ class WhisperSpeechToText:
         results: trio.MemorySendChannel[SttResult],
         *,
         language: str,
+        glossary: Glossary | None = None,
     ) -> None:
         """Recognise one stream: read ``audio`` until it closes, write ``results``.
 
@@ -221,6 +223,8 @@ class WhisperSpeechToText:
         Error handling: raises ``UnsupportedLanguage`` for a language the model lacks,
         ``EngineUnavailable`` if the model cannot be loaded, ``EngineError`` if a decode
         fails or a frame is not 16 kHz; never a faster-whisper or CTranslate2 error.
+
+        ``glossary`` is not used: the embedded model takes no phrase hints here.
         """
         if language not in self._languages:
             raise UnsupportedLanguage(self.name, language, self._languages)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import trio
 
@@ -15,6 +17,7 @@ from babel_actors.registry import Registry
 from babel_actors.server.connection import Connection
 from babel_actors.server.http import serve_connection
 from babel_actors.server.routes import Api
+from babel_actors.store import SessionStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +40,16 @@ class Server:
         self._shutdown.set()
 
 
-def open_listener(host: str, port: int) -> socket.socket:
-    """A non-blocking listening TCP socket with SO_REUSEADDR; ``ConfigError`` when the
+def open_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A non-blocking listening TCP socket with SO_REUSEADDR (and SO_REUSEPORT, so
+    sibling worker processes share the port, when ``reuse_port``); ``ConfigError`` when the
     address cannot be bound (in use, not ours)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(4096)
     except OSError as exc:
@@ -58,21 +64,25 @@ async def serve(
     stt: SpeechToText,
     mt: Translator,
     *,
+    store: SessionStore | None = None,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``Server.shutdown()`` or cancellation.
+
+    Sessions live in ``store`` when given (nodes of a cluster in one process, in
+    tests), else in the store ``config`` names (``open_store``).
 
     ``task_status.started`` receives the ``Server`` once the port accepts connections.
     Shutdown: every session ends (members get ``session_ended`` and a close frame);
     connections get ``config.shutdown_grace_s`` to close, then are cancelled.
     The engines stay open: the caller owns them.
     """
-    listener = open_listener(config.host, config.port)
+    listener = open_listener(config.host, config.port, reuse_port=config.reuse_port)
     port = listener.getsockname()[1]
     try:
-        async with trio.open_nursery() as outer:
+        async with trio.open_nursery() as outer, _store(config, store) as store:
             async with trio.open_nursery() as sessions_nursery:
-                registry = Registry(config, stt, mt, sessions_nursery)
+                registry = Registry(config, stt, mt, sessions_nursery, store)
                 server = Server(config, registry, port)
                 api = Api(registry)
                 async with trio.open_nursery() as connections:
@@ -92,6 +102,15 @@ async def serve(
         if listener.fileno() != -1:
             trio.lowlevel.notify_closing(listener)
             listener.close()
+
+
+@asynccontextmanager
+async def _store(config: Config, given: SessionStore | None) -> AsyncIterator[SessionStore]:
+    if given is not None:
+        yield given
+        return
+    async with open_store(config) as store:
+        yield store
 
 
 async def _accept(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 import h11
 import trio
@@ -15,6 +15,7 @@ from babel_actors.registry import Registry
 from babel_actors.server.connection import Connection
 from babel_actors.server.roles import serve_role
 from babel_actors.server.routes import Api
+from babel_actors.server.static import Asset
 from babel_actors.server.websocket import SERVER_ERROR, WebSocketPeer, accept_key
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,13 @@ async def serve_connection(conn: Connection, api: Api, registry: Registry) -> No
                 if _is_upgrade(request):
                     await _serve_websocket(conn, http, request, registry)
                     break
-                await _answer(conn, http, request, body, api)
+                try:
+                    await _answer(conn, http, request, body, api)
+                except Exception:
+                    log.exception("%s %s failed", request.method.decode(), _target(request).path)
+                    if http.our_state is not h11.SEND_RESPONSE:
+                        raise
+                    _respond(conn, http, 500, {"success": False, "error": "server error"})
                 if http.our_state is not h11.DONE or http.their_state is not h11.DONE:
                     break
                 http.start_next_cycle()
@@ -101,9 +108,12 @@ async def _answer(
     conn: Connection, http: h11.Connection, request: h11.Request, body: bytes, api: Api
 ) -> None:
     method = request.method.decode()
-    path = urlsplit(request.target.decode("latin-1")).path
+    path = _target(request).path
     if method == "OPTIONS":
         _respond(conn, http, 204, None)
+        return
+    if method in ("GET", "HEAD") and (asset := api.site.find(path)) is not None:
+        _send_asset(conn, http, request, asset, head=method == "HEAD")
         return
     status, reply = await api.handle(method, path, body)
     _respond(conn, http, status, reply, head=method == "HEAD")
@@ -130,6 +140,20 @@ def _respond(
     conn.write(http.send(h11.EndOfMessage()) or b"")
 
 
+def _send_asset(
+    conn: Connection, http: h11.Connection, request: h11.Request, asset: Asset, *, head: bool
+) -> None:
+    """A file of the web client, or 304 when the browser's copy is current."""
+    fresh = asset.etag in (_header(request, b"if-none-match") or "")
+    headers = asset.headers
+    if not fresh:
+        headers.append((b"content-length", str(len(asset.body)).encode()))
+    conn.write(http.send(h11.Response(status_code=304 if fresh else 200, headers=headers)) or b"")
+    if not (fresh or head):
+        conn.write(http.send(h11.Data(data=asset.body)) or b"")
+    conn.write(http.send(h11.EndOfMessage()) or b"")
+
+
 def _is_upgrade(request: h11.Request) -> bool:
     upgrade = _header(request, b"upgrade") or ""
     return upgrade.lower() == "websocket"
@@ -138,7 +162,7 @@ def _is_upgrade(request: h11.Request) -> bool:
 async def _serve_websocket(
     conn: Connection, http: h11.Connection, request: h11.Request, registry: Registry
 ) -> None:
-    target = urlsplit(request.target.decode("latin-1"))
+    target = _target(request)
     key = _header(request, b"sec-websocket-key")
     if target.path != "/translate":
         raise _Refused(404, "WebSocket endpoint is /translate")
@@ -161,6 +185,14 @@ async def _serve_websocket(
             peer.fail("server error", SERVER_ERROR)
     if peer.close_code is None:
         peer.close(1000, "")
+
+
+def _target(request: h11.Request) -> SplitResult:
+    # h11 accepts any visible characters as the target; urlsplit does not.
+    try:
+        return urlsplit(request.target.decode("latin-1"))
+    except ValueError:
+        raise _Refused(400, "malformed request target") from None
 
 
 def _header(request: h11.Request, name: bytes) -> str | None:

@@ -9,8 +9,15 @@ from collections.abc import Mapping
 from babel_actors.audience import Role
 from babel_actors.errors import ProtocolError, UnsupportedLanguage
 from babel_actors.registry import Registry
-from babel_actors.server.websocket import GOING_AWAY, NORMAL, POLICY, WebSocketPeer
+from babel_actors.server.websocket import (
+    GOING_AWAY,
+    NORMAL,
+    POLICY,
+    TRY_AGAIN_LATER,
+    WebSocketPeer,
+)
 from babel_actors.session import Session
+from babel_actors.store import StoreUnavailable
 from babel_actors.wire.client import (
     Audio,
     AudioEnd,
@@ -44,9 +51,8 @@ async def serve_role(peer: WebSocketPeer, query: Mapping[str, str], registry: Re
 
 
 async def _serve_host(peer: WebSocketPeer, query: Mapping[str, str], registry: Registry) -> None:
-    session = registry.get(query.get("sessionId", ""))
+    session = await _session_for(peer, query, registry)
     if session is None:
-        peer.fail("session not found", POLICY)
         return
     token = query.get("token", "")
     if not registry.config.allow_tokenless_hosts and not hmac.compare_digest(
@@ -87,6 +93,21 @@ async def _serve_solo(peer: WebSocketPeer, query: Mapping[str, str], registry: R
         session.end("closed", "The solo session has ended.")
 
 
+async def _session_for(
+    peer: WebSocketPeer, query: Mapping[str, str], registry: Registry
+) -> Session | None:
+    """The session the query names, served here (it may live on another node); None
+    after telling the peer why not."""
+    try:
+        session = await registry.open(query.get("sessionId", ""))
+    except StoreUnavailable:
+        peer.fail("sessions are unreachable right now; try again", TRY_AGAIN_LATER)
+        return None
+    if session is None:
+        peer.fail("session not found", POLICY)
+    return session
+
+
 def _ready(peer: WebSocketPeer, session: Session) -> dict[str, object]:
     """``session_ready``: sent when a host or solo user connects, and again after each
     accepted ``init`` (as the original does), carrying the languages now in force."""
@@ -110,6 +131,8 @@ async def _host_loop(peer: WebSocketPeer, session: Session) -> None:
             await session.feed(message.pcm)
         elif isinstance(message, Init):
             _apply_init(peer, session, message)
+            if message.glossary is not None:
+                await session.set_glossary(message.glossary)
             if message.source_lang is not None:
                 try:
                     await session.set_source_language(message.source_lang)
@@ -137,9 +160,8 @@ def _apply_init(peer: WebSocketPeer, session: Session, message: Init) -> None:
 async def _serve_listener(
     peer: WebSocketPeer, query: Mapping[str, str], registry: Registry
 ) -> None:
-    session = registry.get(query.get("sessionId", ""))
+    session = await _session_for(peer, query, registry)
     if session is None:
-        peer.fail("session not found", POLICY)
         return
     target = query.get("targetLang") or session.source_lang
     last_seq = query.get("lastSeq")

@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 from babel_actors.errors import ProtocolError
+from babel_actors.glossary import Glossary, parse_glossary
 
 BAD_REQUEST = 400
 """``error.code`` for a message that is refused while the connection goes on."""
@@ -33,6 +34,8 @@ class Init:
     """Language a solo user reads, when given."""
     sample_rate: int | None
     """Rate of the client's PCM, when given."""
+    glossary: Glossary | None = None
+    """The session's glossary, replacing the previous one, when given."""
 
 
 @attrs.frozen
@@ -91,6 +94,7 @@ def parse_text(text: str, *, max_sample_rate: int) -> ClientMessage:
             source_lang=_language(data, "sourceLang", required=False),
             target_lang=_language(data, "targetLang", required=False),
             sample_rate=rate,
+            glossary=_glossary(data.get("glossary")),
         )
     if kind == "audio_end":
         return AudioEnd()
@@ -142,6 +146,15 @@ def _is_finite_number(value: object) -> bool:
     if isinstance(value, bool):
         return False
     return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _glossary(value: object) -> Glossary | None:
+    if value is None:
+        return None
+    try:
+        return parse_glossary(value)
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from None
 
 
 def _language(data: dict[str, Any], key: str, *, required: bool) -> str | None:

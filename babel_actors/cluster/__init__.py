@@ -1,0 +1,10 @@
+"""Sessions shared by the nodes of a cluster (a ``shared`` store, e.g. Redis).
+
+``ClusterSession`` (``session.py``) is a session as one node serves it; ``members.py``
+holds the members it adds to audiences; ``catchup.py`` the arithmetic of a joiner's
+missed finals.
+"""
+
+from babel_actors.cluster.session import ClusterSession
+
+__all__ = ["ClusterSession"]

@@ -1,0 +1,415 @@
+"""A local Speech-to-Text v2 server for tests and the bench: the real gRPC wire
+protocol (``google.cloud.speech.v2.Speech/StreamingRecognize``, the package's own
+message types) and a recogniser that needs no model.
+
+Its "speech" is PCM in which each word is a run of one sample value (the word's
+number in a ``WordCodec``) and silence is zero: ``codec.speak("hello world")``. It
+answers like Google: interim results as words complete (split into a stable and an
+unstable part), a final with ``result_end_offset`` after a pause, the rest at
+half-close, voice-activity events, ABORTED after the stream's maximum duration. A
+``StreamPlan`` makes a stream fail, hang or echo each request (for the bench).
+
+Run it alone with ``python -m babel_actors.testing_google [--port N] [--echo]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import grpc
+import numpy as np
+import trio
+from google.cloud.speech_v2.types import cloud_speech
+
+from babel_actors.engines.grpc_bridge import AsyncioThread
+
+SERVICE = "google.cloud.speech.v2.Speech"
+MAX_AUDIO_BYTES = 15 * 1024
+"""Largest ``audio`` of one request the emulator accepts."""
+MAX_DURATION_MESSAGE = "Max duration of 5 minutes reached for stream."
+_RECOGNIZER = re.compile(r"^projects/[^/]+/locations/[^/]+/recognizers/[^/]+$")
+_SpeechEvent = cloud_speech.StreamingRecognizeResponse.SpeechEventType
+
+
+class WordCodec:
+    """Words as sample values: word number ``n`` is a run of samples equal to ``n``."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+        self._words: list[str] = []
+
+    def word_id(self, word: str) -> int:
+        if word not in self._ids:
+            if len(self._words) >= 32767:
+                raise ValueError("a WordCodec holds at most 32767 words")
+            self._words.append(word)
+            self._ids[word] = len(self._words)
+        return self._ids[word]
+
+    def word(self, word_id: int) -> str:
+        return self._words[word_id - 1]
+
+    def speak(
+        self,
+        text: str,
+        *,
+        rate: int = 16000,
+        word_s: float = 0.12,
+        gap_s: float = 0.04,
+        pause_s: float = 0.4,
+    ) -> bytes:
+        """``text`` as word-coded PCM: each word ``word_s`` long, ``gap_s`` of silence
+        between words, ``pause_s`` after the last (long enough to end the utterance)."""
+        parts = []
+        gap = np.zeros(round(gap_s * rate), dtype="<i2")
+        for index, word in enumerate(text.split()):
+            if index:
+                parts.append(gap)
+            parts.append(np.full(round(word_s * rate), self.word_id(word), dtype="<i2"))
+        parts.append(np.zeros(round(pause_s * rate), dtype="<i2"))
+        return b"".join(part.tobytes() for part in parts)
+
+
+@attrs.frozen
+class _Heard:
+    """One thing the recogniser has to say."""
+
+    transcript: str
+    is_final: bool
+    end_s: float
+    """Stream-relative end of the audio the result covers."""
+    event: int = 0
+    """A ``SpeechEventType`` instead of a result, when non-zero."""
+
+
+class _Recognizer:
+    """Word-coded PCM in, Google-style results out. Sans-IO."""
+
+    def __init__(self, codec: WordCodec, rate: int, endpoint_s: float) -> None:
+        self._codec = codec
+        self._rate = rate
+        self._endpoint = round(endpoint_s * rate)
+        self._position = 0
+        self._run_value = 0
+        self._words: list[str] = []
+        self._last_word_end = 0
+
+    def feed(self, pcm: bytes) -> list[_Heard]:
+        samples = np.frombuffer(pcm, dtype="<i2")
+        heard: list[_Heard] = []
+        if not len(samples):
+            return heard
+        starts = np.concatenate(([0], np.flatnonzero(np.diff(samples)) + 1))
+        for start in starts:
+            value = int(samples[start])
+            if value != self._run_value:
+                at = self._position + int(start)
+                self._end_run(at, heard)
+                if value and self._words and at - self._last_word_end >= self._endpoint:
+                    self._final(heard)
+                self._run_value = value
+        self._position += len(samples)
+        if (
+            self._run_value == 0
+            and self._words
+            and self._position - self._last_word_end >= self._endpoint
+        ):
+            self._final(heard)
+        return heard
+
+    def finish(self) -> list[_Heard]:
+        heard: list[_Heard] = []
+        self._end_run(self._position, heard)
+        self._run_value = 0
+        if self._words:
+            self._final(heard)
+        return heard
+
+    def _end_run(self, at: int, heard: list[_Heard]) -> None:
+        if self._run_value <= 0:
+            return
+        if not self._words:
+            heard.append(_Heard("", False, at / self._rate, _SpeechEvent.SPEECH_ACTIVITY_BEGIN))
+        self._words.append(self._codec.word(self._run_value))
+        self._last_word_end = at
+        heard.append(_Heard(" ".join(self._words), False, at / self._rate))
+
+    def _final(self, heard: list[_Heard]) -> None:
+        end_s = self._last_word_end / self._rate
+        heard.append(_Heard(" ".join(self._words), True, end_s))
+        heard.append(_Heard("", False, end_s, _SpeechEvent.SPEECH_ACTIVITY_END))
+        self._words = []
+
+
+@attrs.define
+class StreamPlan:
+    """How the emulator treats one stream."""
+
+    fail_after_s: float | None = None
+    """End the stream with ``fail_code`` once this much audio has arrived (0: at once)."""
+    fail_code: grpc.StatusCode = grpc.StatusCode.ABORTED
+    fail_message: str = "Stream aborted by the emulator."
+    hang: bool = False
+    """Accept the call, then neither read nor answer."""
+    echo: bool = False
+    """Answer every audio request at once with an interim result: the request's number."""
+
+
+@attrs.define
+class StreamRecord:
+    """What one stream sent and how it ended."""
+
+    index: int
+    config: cloud_speech.StreamingRecognizeRequest | None = None
+    """The first request: recognizer and streaming_config."""
+    audio: bytearray = attrs.field(factory=bytearray)
+    request_sizes: list[int] = attrs.field(factory=list)
+    """Bytes of ``audio`` in each audio request."""
+    finals: list[str] = attrs.field(factory=list)
+    outcome: str = "open"
+    """``open``, ``completed`` (client half-closed), ``cancelled`` (by the client), or the
+    status code name the emulator ended it with."""
+
+
+class SpeechEmulator:
+    """The servicer and its records; serve it with ``running_speech_emulator``."""
+
+    def __init__(
+        self,
+        codec: WordCodec | None = None,
+        *,
+        max_stream_s: float = 300.0,
+        endpoint_s: float = 0.3,
+    ) -> None:
+        self.codec = codec or WordCodec()
+        self.max_stream_s = max_stream_s
+        """Audio after which a stream ends with ABORTED, like Google's five minutes."""
+        self.endpoint_s = endpoint_s
+        """Silence after a word that ends an utterance with a final."""
+        self.plans: dict[int, StreamPlan] = {}
+        """Plans by stream index (0 is the first stream the emulator sees)."""
+        self.default_plan = StreamPlan()
+        """The plan of a stream with none of its own."""
+        self.streams: list[StreamRecord] = []
+        self.port = 0
+        self.on_change: Callable[[], None] = lambda: None
+        """Called on the server's loop whenever a record changes."""
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """On an asyncio loop: listen and serve; returns the port."""
+        handler = grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "StreamingRecognize": grpc.stream_stream_rpc_method_handler(
+                    self._streaming_recognize,
+                    request_deserializer=cloud_speech.StreamingRecognizeRequest.deserialize,
+                    response_serializer=cloud_speech.StreamingRecognizeResponse.serialize,
+                )
+            },
+        )
+        self._server = grpc.aio.server()
+        self._server.add_generic_rpc_handlers((handler,))
+        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        await self._server.start()
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(grace=None)
+            self._server = None
+
+    async def _streaming_recognize(
+        self,
+        requests: AsyncIterator[cloud_speech.StreamingRecognizeRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[cloud_speech.StreamingRecognizeResponse]:
+        record = StreamRecord(len(self.streams))
+        plan = self.plans.get(record.index, self.default_plan)
+        self.streams.append(record)
+        self.on_change()
+        try:
+            async for response in self._recognize(requests, context, record, plan):
+                yield response
+            if record.outcome == "open":
+                record.outcome = "completed"
+        except asyncio.CancelledError:
+            record.outcome = "cancelled"
+            raise
+        finally:
+            self.on_change()
+
+    async def _recognize(
+        self,
+        requests: AsyncIterator[cloud_speech.StreamingRecognizeRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+        record: StreamRecord,
+        plan: StreamPlan,
+    ) -> AsyncIterator[cloud_speech.StreamingRecognizeResponse]:
+        def fail(code: grpc.StatusCode, message: str) -> None:
+            # A status set before returning, rather than abort(): gRPC core then sends
+            # every response already written first, as Google does.
+            record.outcome = code.name
+            context.set_code(code)
+            context.set_details(message)
+
+        first = await anext(aiter(requests), None)
+        if first is None:
+            return
+        if (
+            not _RECOGNIZER.match(first.recognizer)
+            or "streaming_config" not in first
+            or first.audio
+        ):
+            fail(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the first request needs recognizer and streaming_config, and no audio",
+            )
+            return
+        record.config = first
+        self.on_change()
+        if plan.hang:
+            await asyncio.Event().wait()
+        if plan.fail_after_s == 0:
+            fail(plan.fail_code, plan.fail_message)
+            return
+        config = first.streaming_config.config
+        rate = config.explicit_decoding_config.sample_rate_hertz or 16000
+        recognizer = _Recognizer(self.codec, rate, self.endpoint_s)
+        async for request in requests:
+            if request.recognizer or "streaming_config" in request:
+                fail(grpc.StatusCode.INVALID_ARGUMENT, "only the first request has config")
+                return
+            if len(request.audio) > MAX_AUDIO_BYTES:
+                fail(grpc.StatusCode.INVALID_ARGUMENT, "audio request over 15 KB")
+                return
+            record.audio += request.audio
+            record.request_sizes.append(len(request.audio))
+            if plan.echo:
+                yield _response(_Heard(str(len(record.request_sizes)), False, 0.0), False)
+                continue
+            for heard in recognizer.feed(request.audio):
+                if heard.is_final:
+                    record.finals.append(heard.transcript)
+                yield _response(heard, True)
+            self.on_change()
+            heard_s = len(record.audio) / 2 / rate
+            if plan.fail_after_s is not None and heard_s >= plan.fail_after_s:
+                fail(plan.fail_code, plan.fail_message)
+                return
+            if heard_s >= self.max_stream_s:
+                fail(grpc.StatusCode.ABORTED, MAX_DURATION_MESSAGE)
+                return
+        for heard in recognizer.finish():
+            if heard.is_final:
+                record.finals.append(heard.transcript)
+            yield _response(heard, True)
+
+
+def _response(heard: _Heard, split: bool) -> cloud_speech.StreamingRecognizeResponse:
+    offset = datetime.timedelta(seconds=heard.end_s)
+    if heard.event:
+        return cloud_speech.StreamingRecognizeResponse(
+            speech_event_type=heard.event, speech_event_offset=offset
+        )
+    words = heard.transcript.split(" ")
+    if heard.is_final or not split or len(words) < 2:
+        parts = [(heard.transcript, 0.0 if heard.is_final else 0.01)]
+    else:
+        # Like Google: a stable prefix and an unstable rest, which starts with a space.
+        parts = [(" ".join(words[:-1]), 0.9), (" " + words[-1], 0.01)]
+    return cloud_speech.StreamingRecognizeResponse(
+        results=[
+            cloud_speech.StreamingRecognitionResult(
+                alternatives=[cloud_speech.SpeechRecognitionAlternative(transcript=text)],
+                is_final=heard.is_final,
+                stability=stability,
+                result_end_offset=offset,
+                language_code="en-US",
+            )
+            for text, stability in parts
+        ]
+    )
+
+
+class RunningEmulator:
+    """A ``SpeechEmulator`` serving on 127.0.0.1, seen from trio."""
+
+    def __init__(self, emulator: SpeechEmulator, thread: AsyncioThread) -> None:
+        self.emulator = emulator
+        self.thread = thread
+        self._changed = trio.Event()
+
+    @property
+    def address(self) -> str:
+        """``host:port``, for ``BABEL_GOOGLE_ENDPOINT``."""
+        return f"127.0.0.1:{self.emulator.port}"
+
+    @property
+    def streams(self) -> list[StreamRecord]:
+        return self.emulator.streams
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds; re-checked whenever a record changes."""
+        while not predicate():
+            await self._changed.wait()
+
+
+@asynccontextmanager
+async def running_speech_emulator(
+    emulator: SpeechEmulator | None = None,
+) -> AsyncIterator[RunningEmulator]:
+    """Serve ``emulator`` (a fresh one by default) on a free port for the block."""
+    emulator = emulator or SpeechEmulator()
+    thread = AsyncioThread(name="speech-emulator")
+    running = RunningEmulator(emulator, thread)
+    token = trio.lowlevel.current_trio_token()
+
+    def changed() -> None:
+        try:
+            token.run_sync_soon(running._notify)
+        except trio.RunFinishedError:
+            pass
+
+    emulator.on_change = changed
+    try:
+        await thread.run(emulator.start)
+        yield running
+    finally:
+        with trio.CancelScope(shield=True):
+            await thread.run(emulator.stop)
+            await thread.aclose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="A local Speech-to-Text v2 emulator.")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--echo", action="store_true", help="answer every audio request")
+    args = parser.parse_args()
+
+    async def serve() -> None:
+        emulator = SpeechEmulator()
+        emulator.default_plan = StreamPlan(echo=args.echo)
+        port = await emulator.start(port=args.port)
+        print(port, flush=True)
+        await asyncio.Event().wait()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""A local OpenAI-compatible HTTP server for tests and the bench (trio + h11).
+
+It answers ``POST /v1/chat/completions`` as OpenAI does, with a translation made by a
+function of the request (by default ``"<target> <text>"`` for the target language the
+system prompt names), and records every request. Queue ``Reply`` values to make the
+next requests fail: a status with headers (429 with ``retry-after``, 500), or a hang
+that never answers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import h11
+import trio
+
+_MAX_BODY = 1 << 20
+_TARGET = re.compile(r"into ([A-Z][\w ]*?)(?: \(|\.)")
+
+
+@attrs.frozen
+class Reply:
+    """A scripted answer to one request."""
+
+    status: int = 200
+    headers: tuple[tuple[str, str], ...] = ()
+    body: Any = None
+    """JSON to send; None sends the default completion (or an error body)."""
+    hang: bool = False
+    """Never answer; the client must time out."""
+
+
+@attrs.define
+class SeenRequest:
+    """A request as the server received it."""
+
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    at: float
+    """``trio.current_time()`` on arrival."""
+
+    @property
+    def system(self) -> str:
+        return str(self.body["messages"][0]["content"])
+
+    @property
+    def text(self) -> str:
+        return str(self.body["messages"][-1]["content"])
+
+
+def tagged_translation(request: SeenRequest) -> str:
+    """The default translation: ``"[Spanish] text"``, the language as the prompt says."""
+    match = _TARGET.search(request.system)
+    return f"[{match[1] if match else '?'}] {request.text}"
+
+
+class FakeOpenAI:
+    """The server's behaviour and records; serve it with ``running_openai``."""
+
+    def __init__(self, translate: Callable[[SeenRequest], str] = tagged_translation) -> None:
+        self.translate = translate
+        self.replies: deque[Reply] = deque()
+        """Scripted answers, used one per request before ``default_reply``."""
+        self.default_reply = Reply()
+        """The answer when no scripted one is left (200: a ``translate`` completion)."""
+        self.requests: list[SeenRequest] = []
+        self.port = 0
+        self._changed = trio.Event()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def wait_for_requests(self, count: int) -> None:
+        while len(self.requests) < count:
+            await self._changed.wait()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            await trio.serve_listeners(self._connection, listeners, handler_nursery=nursery)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_BODY)
+        async with stream:
+            while True:
+                request = await self._read_request(stream, conn)
+                if request is None:
+                    return
+                reply = self.replies.popleft() if self.replies else self.default_reply
+                if reply.hang:
+                    await self._wait_for_close(stream)
+                    return
+                await self._respond(stream, conn, request, reply)
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return
+                conn.start_next_cycle()
+
+    async def _read_request(
+        self, stream: trio.SocketStream, conn: h11.Connection
+    ) -> SeenRequest | None:
+        target, headers, body = "", {}, bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                try:
+                    data = await stream.receive_some(65536)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return None
+                conn.receive_data(data)
+            elif isinstance(event, h11.Request):
+                target = event.target.decode()
+                headers = {k.decode().lower(): v.decode() for k, v in event.headers}
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                seen = SeenRequest(target, headers, json.loads(body), trio.current_time())
+                self.requests.append(seen)
+                self._changed.set()
+                self._changed = trio.Event()
+                return seen
+            else:
+                return None
+
+    async def _wait_for_close(self, stream: trio.SocketStream) -> None:
+        try:
+            while await stream.receive_some(65536):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def _respond(
+        self, stream: trio.SocketStream, conn: h11.Connection, request: SeenRequest, reply: Reply
+    ) -> None:
+        if reply.body is not None:
+            body = reply.body
+        elif reply.status == 200:
+            body = _completion(request, self.translate(request))
+        else:
+            body = {"error": {"message": f"scripted {reply.status}", "type": "scripted"}}
+        data = json.dumps(body).encode()
+        headers = [
+            ("content-type", "application/json"),
+            ("content-length", str(len(data))),
+            *reply.headers,
+        ]
+        try:
+            await stream.send_all(
+                conn.send(h11.Response(status_code=reply.status, headers=headers))
+            )
+            await stream.send_all(conn.send(h11.Data(data=data)))
+            await stream.send_all(conn.send(h11.EndOfMessage()))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+def _completion(request: SeenRequest, content: str) -> dict[str, Any]:
+    prompt = sum(len(str(m["content"])) for m in request.body["messages"]) // 4
+    return {
+        "id": f"chatcmpl-{len(content)}",
+        "object": "chat.completion",
+        "created": 0,
+        "model": request.body.get("model", ""),
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": len(content) // 4,
+            "total_tokens": prompt + len(content) // 4,
+        },
+    }
+
+
+@asynccontextmanager
+async def running_openai(fake: FakeOpenAI | None = None) -> AsyncIterator[FakeOpenAI]:
+    """Serve ``fake`` (a fresh one by default) on 127.0.0.1 and a free port."""
+    fake = fake or FakeOpenAI()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve)
+        try:
+            yield fake
+        finally:
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,196 @@
+"""The ``openai`` translator: the real openai client against a local OpenAI-compatible
+HTTP server (``babel_actors.testing_openai``), and the rate limiter on a virtual clock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from babel_actors.config import Config
+from babel_actors.engines.openai import OpenAITranslator, build_messages
+from babel_actors.engines.ratelimit import RateLimiter
+from babel_actors.errors import EngineUnavailable, TranslationFailed, UnsupportedLanguage
+from babel_actors.glossary import Glossary, Term
+from babel_actors.testing_openai import FakeOpenAI, Reply, running_openai
+
+DEADLINE_S = 15.0
+
+
+@asynccontextmanager
+async def translator(fake: FakeOpenAI, **overrides: Any) -> AsyncIterator[OpenAITranslator]:
+    settings: dict[str, Any] = {
+        "openai_api_key": "test-key",
+        "openai_base_url": fake.base_url,
+        "openai_retry_initial_s": 0.01,
+        **overrides,
+    }
+    engine = OpenAITranslator(Config(**settings))
+    try:
+        yield engine
+    finally:
+        await engine.aclose()
+
+
+async def test_a_translation_asks_the_model_with_rules_context_and_glossary() -> None:
+    glossary = Glossary(
+        terms=(
+            Term("Holy Spirit", None, (("es", "Espíritu Santo"), ("fr", "Saint-Esprit"))),
+            Term("unused term", "nunca"),
+        ),
+        keep=("Exbabel", "Okafor"),
+    )
+    with trio.fail_after(DEADLINE_S):
+        async with running_openai() as fake, translator(fake) as engine:
+            text = await engine.translate(
+                "The Holy Spirit and Exbabel, 42 times.",
+                source="en",
+                target="es",
+                context=("Good morning.", "Welcome, everyone."),
+                glossary=glossary,
+            )
+    assert text == "[Spanish] The Holy Spirit and Exbabel, 42 times."
+    [request] = fake.requests
+    assert request.path == "/v1/chat/completions"
+    assert request.headers["authorization"] == "Bearer test-key"
+    assert request.body["model"] == "gpt-4o"
+    assert request.body["temperature"] == 0
+    system = request.system
+    assert "from English into Spanish" in system
+    assert "translation of the user's message and nothing else" in system
+    assert "number" in system and "names" in system
+    assert '"Holy Spirit" -> "Espíritu Santo"' in system
+    assert "Saint-Esprit" not in system and "unused term" not in system
+    assert '"Exbabel"' in system and "Okafor" not in system
+    assert "- Good morning.\n- Welcome, everyone." in system
+    assert request.text == "The Holy Spirit and Exbabel, 42 times."
+
+
+def test_the_prompt_without_glossary_or_context_is_just_the_rules() -> None:
+    messages = build_messages("Hola.", source="es", target="pt-BR")
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert "from Spanish into Portuguese (pt-BR)" in messages[0]["content"]
+    assert "Glossary" not in messages[0]["content"]
+    assert "Earlier sentences" not in messages[0]["content"]
+
+
+async def test_429_waits_as_long_as_retry_after_says_then_succeeds() -> None:
+    fake = FakeOpenAI()
+    fake.replies.append(Reply(429, (("retry-after", "0.3"),)))
+    with trio.fail_after(DEADLINE_S):
+        async with running_openai(fake), translator(fake) as engine:
+            text = await engine.translate("Hello.", source="en", target="fr")
+    assert text == "[French] Hello."
+    first, second = fake.requests
+    # A lower bound only: the retry came no sooner than the server allowed.
+    assert second.at - first.at >= 0.3
+
+
+async def test_429_with_retry_after_ms_is_honoured_too() -> None:
+    fake = FakeOpenAI()
+    fake.replies.append(Reply(429, (("retry-after-ms", "250"),)))
+    with trio.fail_after(DEADLINE_S):
+        async with running_openai(fake), translator(fake) as engine:
+            assert await engine.translate("Hi.", source="en", target="de") == "[German] Hi."
+    first, second = fake.requests
+    assert second.at - first.at >= 0.25
+
+
+async def test_a_retry_after_longer_than_the_budget_fails_at_once() -> None:
+    fake = FakeOpenAI()
+    fake.replies.append(Reply(429, (("retry-after", "3600"),)))
+    with trio.fail_after(DEADLINE_S):
+        async with running_openai(fake), translator(fake) as engine:
+            with pytest.raises(TranslationFailed, match="429"):
+                await engine.translate("Hello.", source="en", target="es")
+    assert len(fake.requests) == 1
+
+
+async def test_server_errors_are_retried_then_reported() -> None:
+    fake = FakeOpenAI()
+    fake.replies.extend([Reply(500), Reply(503)])
+    with trio.fail_after(DEADLINE_S):
+        async with running_openai(fake), translator(fake, openai_max_retries=2) as engine:
+            assert await engine.translate("One.", source="en", target="es") == "[Spanish] One."
+            fake.replies.extend([Reply(500)] * 3)
+            with pytest.raises(TranslationFailed, match="server error"):
+                await engine.translate("Two.", source="en", target="es")
+    assert len(fake.requests) == 6
+
+
+async def test_a_hung_server_times_out_and_is_retried() -> None:
+    fake = FakeOpenAI()
+    fake.replies.extend([Reply(hang=True), Reply(hang=True)])
+    with trio.fail_after(DEADLINE_S):
+        async with (
+            running_openai(fake),
+            translator(fake, openai_timeout_s=0.3, openai_max_retries=1) as engine,
+        ):
+            with pytest.raises(TranslationFailed, match=r"no answer within 0\.3 s"):
+                await engine.translate("Anyone there?", source="en", target="es")
+            assert len(fake.requests) == 2
+            assert await engine.translate("Now?", source="en", target="es") == "[Spanish] Now?"
+
+
+@pytest.mark.parametrize("status", [400, 401, 404])
+async def test_client_errors_fail_without_retry(status: int) -> None:
+    fake = FakeOpenAI()
+    fake.replies.append(Reply(status))
+    with trio.fail_after(DEADLINE_S):
+        async with running_openai(fake), translator(fake) as engine:
+            with pytest.raises(TranslationFailed, match=str(status)):
+                await engine.translate("Hello.", source="en", target="es")
+    assert len(fake.requests) == 1
+
+
+async def test_cancelling_a_translation_abandons_the_request_promptly() -> None:
+    fake = FakeOpenAI()
+    fake.replies.append(Reply(hang=True))
+    with trio.fail_after(DEADLINE_S):
+        async with running_openai(fake), translator(fake, openai_timeout_s=60) as engine:
+            with trio.move_on_after(0.2) as scope:
+                await engine.translate("Wait.", source="en", target="es")
+            assert scope.cancelled_caught
+            assert await engine.translate("Next.", source="en", target="es") == "[Spanish] Next."
+
+
+async def test_languages_and_settings_are_checked() -> None:
+    with pytest.raises(EngineUnavailable):
+        OpenAITranslator(Config())
+    with trio.fail_after(DEADLINE_S):
+        async with running_openai() as fake, translator(fake) as engine:
+            assert "es" in engine.targets("en") and "en" not in engine.targets("en")
+            with pytest.raises(UnsupportedLanguage):
+                await engine.translate("Hello.", source="en", target="xx")
+            assert await engine.translate("  ", source="en", target="es") == ""
+    assert fake.requests == []
+
+
+async def test_the_rate_limiter_spaces_requests_and_tokens(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limiter = RateLimiter(requests_per_minute=2, tokens_per_minute=0)
+    start = trio.current_time()
+    await limiter.acquire(10)
+    await limiter.acquire(10)
+    assert trio.current_time() == start
+    await limiter.acquire(10)
+    assert trio.current_time() - start == pytest.approx(30.0)
+
+    tokens = RateLimiter(requests_per_minute=0, tokens_per_minute=600)
+    start = trio.current_time()
+    await tokens.acquire(550)
+    await tokens.acquire(100)  # 50 left, 10 a second come back: 5 s
+    assert trio.current_time() - start == pytest.approx(5.0)
+    tokens.settle(estimated=100, used=40)  # the reply used fewer than estimated
+    await tokens.acquire(60)
+    assert trio.current_time() - start == pytest.approx(5.0)
+
+    tokens.pause_until(trio.current_time() + 100)
+    before = trio.current_time()
+    await tokens.acquire(1)
+    assert trio.current_time() - before == pytest.approx(100.0)
