@@ -354,8 +354,10 @@ class Session:
         self.last_activity_ms = now_ms()
         self._changed.set()
 
-    async def _render_for_history(self, segment: Segment, language: str) -> None:
-        caption = await translate_segment(
+    async def _catchup_caption(self, segment: Segment, language: str) -> Caption:
+        """``segment`` in ``language`` for a joiner catching up (no context: the
+        previous finals may be long gone)."""
+        return await translate_segment(
             self.mt,
             segment,
             language,
@@ -363,4 +365,7 @@ class Session:
             timeout_s=self.config.translate_timeout_s,
             glossary=self.glossary,
         )
+
+    async def _render_for_history(self, segment: Segment, language: str) -> None:
+        caption = await self._catchup_caption(segment, language)
         self.history.add(caption, message_frame(caption_message(caption)))

@@ -64,8 +64,18 @@ _Job = tuple[Segment, tuple[str, ...]]
 class _Lane:
     """The finals and the latest partial waiting for one target language."""
 
-    def __init__(self, target: str, queue_size: int) -> None:
+    def __init__(
+        self,
+        target: str,
+        queue_size: int,
+        engine: Translator,
+        timeout_s: float,
+        glossary: Callable[[], Glossary],
+    ) -> None:
         self.target = target
+        self.engine = engine
+        self.timeout_s = timeout_s
+        self.glossary = glossary
         self.finals_send, self.finals_receive = trio.open_memory_channel[_Job](queue_size)
         self.partial: _Job | None = None
         self.partial_ready = trio.Event()
@@ -74,6 +84,17 @@ class _Lane:
     def offer_partial(self, job: _Job) -> None:
         self.partial = job
         self.partial_ready.set()
+
+    async def translate(self, segment: Segment, context: tuple[str, ...]) -> Caption:
+        caption = await translate_segment(
+            self.engine,
+            segment,
+            self.target,
+            context=context,
+            timeout_s=self.timeout_s,
+            glossary=self.glossary(),
+        )
+        return _stamped(caption)
 
 
 async def run_translator(
@@ -116,10 +137,11 @@ async def run_translator(
                     continue
                 lane = lanes.get(target)
                 if lane is None:
-                    lane = lanes[target] = _Lane(target, queue_size)
-                    args = (lane, outbox.clone(), engine, timeout_s, glossary)
-                    nursery.start_soon(_translate_finals, *args)
-                    nursery.start_soon(_translate_partials, *args, partial_interval_s)
+                    lane = lanes[target] = _Lane(target, queue_size, engine, timeout_s, glossary)
+                    nursery.start_soon(_translate_finals, lane, outbox.clone())
+                    nursery.start_soon(
+                        _translate_partials, lane, outbox.clone(), partial_interval_s
+                    )
                 if segment.is_partial:
                     lane.offer_partial(job)
                 else:
@@ -135,29 +157,15 @@ async def run_translator(
 async def _translate_finals(
     lane: _Lane,
     outbox: trio.MemorySendChannel[Caption],
-    engine: Translator,
-    timeout_s: float,
-    glossary: Callable[[], Glossary],
 ) -> None:
     async with outbox, lane.finals_receive:
         async for segment, context in lane.finals_receive:
-            caption = await translate_segment(
-                engine,
-                segment,
-                lane.target,
-                context=context,
-                timeout_s=timeout_s,
-                glossary=glossary(),
-            )
-            await outbox.send(_stamped(caption))
+            await outbox.send(await lane.translate(segment, context))
 
 
 async def _translate_partials(
     lane: _Lane,
     outbox: trio.MemorySendChannel[Caption],
-    engine: Translator,
-    timeout_s: float,
-    glossary: Callable[[], Glossary],
     interval_s: float,
 ) -> None:
     next_at = -math.inf
@@ -171,16 +179,9 @@ async def _translate_partials(
                 continue
             segment, context = job
             next_at = trio.current_time() + interval_s
-            caption = await translate_segment(
-                engine,
-                segment,
-                lane.target,
-                context=context,
-                timeout_s=timeout_s,
-                glossary=glossary(),
-            )
+            caption = await lane.translate(segment, context)
             if segment.seq_id > lane.last_final_seq:
-                await outbox.send(_stamped(caption))
+                await outbox.send(caption)
 
 
 def _stamped(caption: Caption) -> Caption:

@@ -40,7 +40,6 @@ from typing import Any
 
 import trio
 
-from babel_actors.actors.translator import translate_segment
 from babel_actors.audience import Member
 from babel_actors.cluster import catchup
 from babel_actors.cluster.catchup import Rendered, caption_from, frame_payload
@@ -591,14 +590,7 @@ class ClusterSession(Session):
             return []
 
     async def _render(self, segment: Segment, language: str) -> Rendered:
-        caption = await translate_segment(
-            self.mt,
-            segment,
-            language,
-            context=(),
-            timeout_s=self.config.translate_timeout_s,
-            glossary=self.glossary,
-        )
+        caption = await self._catchup_caption(segment, language)
         payload = encode(caption_message(caption))
         try:
             await self.store.add_rendering(self.id, language, segment.seq_id, payload)
