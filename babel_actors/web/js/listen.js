@@ -267,21 +267,6 @@ readerLang.addEventListener("change", () => {
   history.replaceState(null, "", url);
 });
 
-const smaller = $("[data-smaller]");
-const larger = $("[data-larger]");
-function updateSizeButtons() {
-  smaller.disabled = prefs.atSmallest;
-  larger.disabled = prefs.atLargest;
-}
-smaller.addEventListener("click", () => {
-  prefs.resize(-1);
-  updateSizeButtons();
-});
-larger.addEventListener("click", () => {
-  prefs.resize(1);
-  updateSizeButtons();
-});
-updateSizeButtons();
 
 function pressed(button, on) {
   button.setAttribute("aria-pressed", String(on));

@@ -150,22 +150,6 @@ targetSelect.addEventListener("change", () => {
 
 // --- Display ------------------------------------------------------------------------------
 
-const smaller = $("[data-smaller]");
-const larger = $("[data-larger]");
-function updateSizeButtons() {
-  smaller.disabled = prefs.atSmallest;
-  larger.disabled = prefs.atLargest;
-}
-smaller.addEventListener("click", () => {
-  prefs.resize(-1);
-  updateSizeButtons();
-});
-larger.addEventListener("click", () => {
-  prefs.resize(1);
-  updateSizeButtons();
-});
-updateSizeButtons();
-
 const readingButton = $("[data-reading]");
 readingButton.setAttribute("aria-pressed", String(prefs.get("reading")));
 readingButton.addEventListener("click", () => {

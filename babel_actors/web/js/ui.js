@@ -35,7 +35,7 @@ export function showAlert(element, message, tone = "error") {
   element.dataset.tone = tone;
 }
 
-/** Preferences for this page, with the top bar's theme button wired up. */
+/** Preferences for this page, with the theme and text-size buttons wired up. */
 export function setUpPrefs(defaults) {
   const prefs = new Prefs(defaults);
   const button = document.querySelector("[data-theme-button]");
@@ -50,6 +50,21 @@ export function setUpPrefs(defaults) {
       prefs.nextTheme();
       label();
     });
+  }
+  const smaller = document.querySelector("[data-smaller]");
+  const larger = document.querySelector("[data-larger]");
+  if (smaller && larger) {
+    const update = () => {
+      smaller.disabled = prefs.atSmallest;
+      larger.disabled = prefs.atLargest;
+    };
+    for (const [button, step] of [[smaller, -1], [larger, 1]]) {
+      button.addEventListener("click", () => {
+        prefs.resize(step);
+        update();
+      });
+    }
+    update();
   }
   return prefs;
 }
