@@ -32,6 +32,55 @@ class Config:
     allow_tokenless_hosts: bool = False
     """Let hosts connect without the ``hostToken``, as old clients do."""
 
+    api_keys: str = attrs.field(default="", repr=False)
+    """Comma-separated keys, one of which ``POST /session/start`` must present
+    (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``); empty lets anyone start
+    sessions (``BABEL_API_KEYS``)."""
+    operator_key: str = attrs.field(default="", repr=False)
+    """Key for the operator's routes (``/sessions``, ``/stats``, ``/stats/reset``,
+    ``/metrics``), presented like an API key; empty leaves them open, for a proxy that
+    does not route them from outside (``BABEL_OPERATOR_KEY``)."""
+    allowed_origins: str = "*"
+    """Comma-separated browser origins (``https://captions.example.org``) allowed by
+    CORS and on the WebSocket; ``*`` allows any. Clients that send no ``Origin``
+    (not browsers) are not affected (``BABEL_ALLOWED_ORIGINS``)."""
+    trust_proxy: bool = False
+    """Take the client's address from ``X-Real-IP`` / the last ``X-Forwarded-For`` hop,
+    as set by the reverse proxy in front (per-client limits); only behind a proxy."""
+    join_attempts: int = 20
+    """Failed joins (unknown code or session) one client may make per ``join_window_s``;
+    past them every join is refused with 429 until the window passes (0: no limit)."""
+    join_window_s: float = 600.0
+    """The window ``join_attempts`` counts in."""
+
+    audio_rate_slack: float = 1.25
+    """A host may stream audio at most this many times faster than real time, sustained;
+    faster hosts are refused (close 1008) (0: no limit)."""
+    audio_burst_s: float = 10.0
+    """Seconds of audio a host may send ahead of real time at once (a reconnecting
+    browser flushes what it buffered)."""
+    max_listeners_per_session: int = 5000
+    """Listeners one session admits; more are refused (429, close 1013) (0: no limit)."""
+    max_sessions_per_key: int = 20
+    """Live sessions one API key may hold (one client address when no keys are set);
+    more are refused with 429 (0: no limit)."""
+    max_connections_per_ip: int = 1000
+    """Open connections one client address may hold; more are refused with 429
+    (0: no limit). A whole audience behind one NAT shares an address."""
+    http_idle_s: float = 30.0
+    """How long an HTTP connection may sit idle or take to send one request (408)."""
+    max_session_s: float = 43200.0
+    """The longest a session lives, however busy (0: no limit)."""
+
+    breaker_failures: int = 5
+    """Consecutive failures of an external engine that open its circuit: calls then
+    fail at once, without waiting on the provider (0: no breaker)."""
+    breaker_reset_s: float = 30.0
+    """How long an open circuit stays open before one trial call is let through."""
+    log_format: str = "auto"
+    """``json`` (one object a line, with session ids), ``text``, or ``auto``: text on a
+    terminal, JSON otherwise (``BABEL_LOG_FORMAT``)."""
+
     host_grace_s: float = 30.0
     """How long a session waits for a dropped host to reconnect before ending."""
     session_idle_s: float = 900.0

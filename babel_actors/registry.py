@@ -11,6 +11,7 @@ import trio
 from babel_actors.cluster import ClusterSession
 from babel_actors.config import Config
 from babel_actors.engines.base import SpeechToText, Translator
+from babel_actors.metrics import Metrics
 from babel_actors.session import Session
 from babel_actors.stages import StageRecorder
 from babel_actors.store import MemoryStore, SessionRecord, SessionStore
@@ -59,6 +60,8 @@ class Registry:
         self.store: SessionStore = store or MemoryStore()
         """Where sessions are shared (``/health`` reports it)."""
         self._opening: dict[str, trio.Event] = {}
+        self.metrics = Metrics()
+        """This server's Prometheus metrics (``GET /metrics``)."""
         self.stages = StageRecorder(config.stage_samples)
         """Stage latencies of every session's captions (``GET /stats``)."""
         self.by_id: dict[str, Session] = {}

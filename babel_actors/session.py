@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import uuid
 from functools import partial
@@ -330,21 +331,26 @@ class Session:
             self.end("ended", "The session has ended.")
 
     async def _expire(self) -> None:
-        """End the session when its host stays away past the grace period, or when
-        nobody ever used it for ``session_idle_s``."""
+        """End the session when its host stays away past the grace period, when nobody
+        ever used it for ``session_idle_s``, or at ``max_session_s`` whatever happens."""
         config = self.config
+        lifetime_ends = (
+            trio.current_time() + config.max_session_s if config.max_session_s else math.inf
+        )
         while True:
             if self.host is not None:
-                deadline = float("inf")
+                deadline = math.inf
             elif self._host_ever:
                 deadline = self._host_left_at + (0 if self.solo else config.host_grace_s)
             else:
                 deadline = self._host_left_at + config.session_idle_s
-            with trio.move_on_at(deadline):
+            with trio.move_on_at(min(deadline, lifetime_ends)):
                 await self._changed.wait()
                 self._changed = trio.Event()
                 continue
-            if self._host_ever:
+            if trio.current_time() >= lifetime_ends:
+                self.end("expired", "The session reached its time limit and has ended.")
+            elif self._host_ever:
                 self.end("host_timeout", "The host has left; the session has ended.")
             else:
                 self.end("expired", "The session expired unused.")

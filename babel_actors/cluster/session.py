@@ -561,9 +561,13 @@ class ClusterSession(Session):
         if owning and state.owner and state.owner != self.store.node:
             self._give_up(state.owner)
         self.owner = state.owner
+        now = now_ms()
+        lifetime_ms = self.config.max_session_s * 1000
+        if lifetime_ms and now - self.created_ms >= lifetime_ms:
+            self.end("expired", "The session reached its time limit and has ended.")
+            return
         if state.owner or self._owning:
             return
-        now = now_ms()
         if state.host_seen:
             grace_ms = self.config.host_grace_s * 1000
             if state.away_since_ms and now - state.away_since_ms >= grace_ms:
