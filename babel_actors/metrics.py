@@ -6,7 +6,7 @@ in one process (tests, a cluster in one program) never mix their numbers.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 
@@ -15,6 +15,12 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.refusals = Counter(
+            "babel_refusals",
+            "Requests and messages refused by an access rule or a limit, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
 
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition format and its content type, for a scrape."""
