@@ -115,6 +115,9 @@ async def _answer(
     if method in ("GET", "HEAD") and (asset := api.site.find(path)) is not None:
         _send_asset(conn, http, request, asset, head=method == "HEAD")
         return
+    if method in ("GET", "HEAD") and path == "/metrics":
+        _send_metrics(conn, http, api, head=method == "HEAD")
+        return
     status, reply = await api.handle(method, path, body)
     _respond(conn, http, status, reply, head=method == "HEAD")
 
@@ -151,6 +154,20 @@ def _send_asset(
     conn.write(http.send(h11.Response(status_code=304 if fresh else 200, headers=headers)) or b"")
     if not (fresh or head):
         conn.write(http.send(h11.Data(data=asset.body)) or b"")
+    conn.write(http.send(h11.EndOfMessage()) or b"")
+
+
+def _send_metrics(conn: Connection, http: h11.Connection, api: Api, *, head: bool) -> None:
+    """Prometheus text exposition of this server's metrics."""
+    body, content_type = api.registry.metrics.exposition()
+    headers = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    conn.write(http.send(h11.Response(status_code=200, headers=headers)) or b"")
+    if not head:
+        conn.write(http.send(h11.Data(data=body)) or b"")
     conn.write(http.send(h11.EndOfMessage()) or b"")
 
 
