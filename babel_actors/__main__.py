@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 
 import trio
 
+from babel_actors import logs
 from babel_actors.config import Config
 from babel_actors.engines import MT_ENGINES, STT_ENGINES, make_mt, make_stt
 from babel_actors.engines.calllog import CallLogTranslator
@@ -45,14 +45,17 @@ def _parser() -> argparse.ArgumentParser:
         help="share sessions with other processes through Redis (BABEL_REDIS_URL)",
     )
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    run.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        help="json (one object a line), text, or auto: text on a terminal, JSON "
+        "otherwise (BABEL_LOG_FORMAT, default auto)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     status = 0
     try:
         config = Config.from_env(
@@ -63,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
             allow_tokenless_hosts=args.allow_tokenless_hosts,
             workers=args.workers,
             redis_url=args.redis_url,
+            log_format=args.log_format,
         )
+        logs.configure(config.log_format, args.log_level.upper())
         check_workers(config)
         if config.workers > 1:
             status = trio.run(supervise, config, sys.argv[1:] if argv is None else argv)

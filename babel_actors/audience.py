@@ -5,9 +5,12 @@ from __future__ import annotations
 import enum
 import itertools
 from collections import Counter
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from babel_actors.events import Caption
+
+if TYPE_CHECKING:
+    from babel_actors.metrics import MemberCounters
 
 
 class Role(enum.Enum):
@@ -16,6 +19,9 @@ class Role(enum.Enum):
     HOST = "host"
     LISTENER = "listener"
     SOLO = "solo"
+    RELAY = "relay"
+    """Not a person: a cluster pipeline's member passing one language on to the
+    listeners of every node (never counted as a connection or a delivery)."""
 
 
 class Member(Protocol):
@@ -42,6 +48,16 @@ class Member(Protocol):
         """Close after what was already sent; returns at once."""
         ...
 
+    def unsent_bytes(self) -> int:
+        """Bytes written to the member that its client has not taken yet (its lag)."""
+        ...
+
+    def count_into(self, counters: MemberCounters | None) -> None:
+        """Count this member's messages in, coalesced partials and being closed as too
+        slow in ``counters`` (its server's, for its role) from now on. The session
+        calls it when the member joins."""
+        ...
+
 
 class Audience:
     """Members of one session grouped by language, for a fan-out with no lookups.
@@ -55,6 +71,7 @@ class Audience:
         self._ids = itertools.count()
         self._member_ids: dict[int, int] = {}
         self._wanted: Counter[str] = Counter()
+        self._relays: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._member_ids)
@@ -63,15 +80,31 @@ class Audience:
         member_id = next(self._ids)
         self._member_ids[id(member)] = member_id
         self.by_language.setdefault(member.target_lang, {})[member_id] = member
+        if member.role is Role.RELAY:
+            self._relays[member.target_lang] += 1
 
     def remove(self, member: Member) -> None:
         member_id = self._member_ids.pop(id(member), None)
         if member_id is None:
             return
-        group = self.by_language.get(member.target_lang, {})
+        language = member.target_lang
+        group = self.by_language.get(language, {})
         group.pop(member_id, None)
         if not group:
-            self.by_language.pop(member.target_lang, None)
+            self.by_language.pop(language, None)
+        if member.role is Role.RELAY:
+            self._relays[language] -= 1
+            if self._relays[language] <= 0:
+                del self._relays[language]
+
+    def people(self, language: str | None = None) -> int:
+        """Members that are people (hosts, listeners, solo users; not relays) reading
+        ``language``, or in all. No loop over members: the broadcaster counts a
+        caption's deliveries with it."""
+        if language is None:
+            return len(self._member_ids) - self._relays.total()
+        group = self.by_language.get(language)
+        return 0 if group is None else len(group) - self._relays[language]
 
     def want(self, language: str) -> None:
         self._wanted[language] += 1

@@ -12,6 +12,7 @@ from babel_actors.audience import Role
 from babel_actors.config import Config
 from babel_actors.engines.base import SpeechToText, Translator
 from babel_actors.events import Caption
+from babel_actors.metrics import MemberCounters, Metrics
 from babel_actors.session import Session
 
 
@@ -22,7 +23,8 @@ class CaptionStream:
     Backpressure: the channel holds ``capacity`` captions. When it is full a partial is
     dropped (the next one replaces it anyway); a final that does not fit closes the
     stream, and ``overflowed`` is set: resume with ``listen(..., last_seq=...)``.
-    The stream also ends when the session does.
+    The stream also ends when the session does. Dropped partials count as coalesced,
+    an overflow as a member closed too slow, in the session's metrics.
     """
 
     role = Role.LISTENER
@@ -32,6 +34,7 @@ class CaptionStream:
         self._send, self._receive = trio.open_memory_channel[Caption](capacity)
         self.overflowed = False
         self.partials_dropped = 0
+        self._counters: MemberCounters | None = None
 
     def send_caption(self, caption: Caption, frame: bytes) -> None:
         try:
@@ -39,9 +42,13 @@ class CaptionStream:
         except trio.WouldBlock:
             if caption.segment.is_partial:
                 self.partials_dropped += 1
+                if self._counters is not None:
+                    self._counters.coalesced.count += 1
             else:
                 self.overflowed = True
                 self._send.close()
+                if self._counters is not None:
+                    self._counters.too_slow.inc()
         except trio.ClosedResourceError:
             pass
 
@@ -50,6 +57,12 @@ class CaptionStream:
 
     def close(self, code: int, reason: str) -> None:
         self._send.close()
+
+    def unsent_bytes(self) -> int:
+        return 0
+
+    def count_into(self, counters: MemberCounters | None) -> None:
+        self._counters = counters
 
     def __aiter__(self) -> AsyncIterator[Caption]:
         return self._receive.__aiter__()
@@ -66,6 +79,7 @@ async def open_session(
     mt: Translator,
     config: Config | None = None,
     source_lang: str | None = None,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[Session]:
     """Run one session pipeline for the duration of the ``async with`` block.
 
@@ -73,8 +87,11 @@ async def open_session(
     ``await session.end_of_speech()``; read it with ``await listen(session, "es")``.
     Leaving the block ends the session and cancels its actors. Engines stay open: the
     caller owns them (and may share them between sessions).
+    The session counts into ``metrics`` (pass one to several sessions to add them up,
+    and read ``metrics.exposition()``); without, into a ``Metrics`` of its own,
+    ``session.metrics``.
     """
-    session = Session(config or Config(), stt, mt, source_lang=source_lang)
+    session = Session(config or Config(), stt, mt, source_lang=source_lang, metrics=metrics)
     session.check_source(session.source_lang)
     async with trio.open_nursery() as nursery:
         await nursery.start(session.run)
@@ -87,7 +104,8 @@ async def open_session(
 async def listen(
     session: Session, language: str, *, last_seq: int | None = None, capacity: int = 256
 ) -> CaptionStream:
-    """Subscribe to ``session``'s captions in ``language`` (recent finals first)."""
+    """Subscribe to ``session``'s captions in ``language`` (recent finals first). The
+    calling task's log records carry the session's id from then on."""
     session.check_target(language)
     stream = CaptionStream(language, capacity=capacity)
     await session.add_member(stream, last_seq=last_seq)

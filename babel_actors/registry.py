@@ -60,10 +60,12 @@ class Registry:
         self.store: SessionStore = store or MemoryStore()
         """Where sessions are shared (``/health`` reports it)."""
         self._opening: dict[str, trio.Event] = {}
-        self.metrics = Metrics()
-        """This server's Prometheus metrics (``GET /metrics``)."""
-        self.stages = StageRecorder(config.stage_samples)
-        """Stage latencies of every session's captions (``GET /stats``)."""
+        self.metrics = Metrics(live=self.live)
+        """This server's Prometheus metrics (``GET /metrics``); every session counts
+        into it."""
+        self.stages = StageRecorder(config.stage_samples, metrics=self.metrics)
+        """Stage latencies of every session's captions (``GET /stats``, and the
+        stage histograms of ``GET /metrics``)."""
         self.by_id: dict[str, Session] = {}
         self.by_code: dict[str, Session] = {}
 
@@ -80,6 +82,7 @@ class Registry:
             source_lang=source_lang,
             solo=solo,
             stages=self.stages,
+            metrics=self.metrics,
         )
         self.by_id[session.id] = session
         if code is not None:
@@ -141,7 +144,13 @@ class Registry:
 
     async def _serve(self, record: SessionRecord) -> Session:
         session = ClusterSession(
-            self.config, self.stt, self.mt, record=record, store=self.store, stages=self.stages
+            self.config,
+            self.stt,
+            self.mt,
+            record=record,
+            store=self.store,
+            stages=self.stages,
+            metrics=self.metrics,
         )
         self.by_id[session.id] = session
         self.by_code[record.code] = session
@@ -157,3 +166,4 @@ class Registry:
             self.by_id.pop(session.id, None)
             if session.code is not None:
                 self.by_code.pop(session.code, None)
+            self.metrics.session_ended(session.end_reason)

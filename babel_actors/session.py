@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from babel_actors import logs
 from babel_actors.actors.broadcaster import run_broadcaster
 from babel_actors.actors.ingest import Resampler, run_ingest
 from babel_actors.actors.splitter import Splitter, run_splitter
@@ -37,6 +38,7 @@ from babel_actors.events import (
 )
 from babel_actors.glossary import Glossary
 from babel_actors.history import History
+from babel_actors.metrics import Metrics
 from babel_actors.stages import StageRecorder
 from babel_actors.wire.server import (
     caption_message,
@@ -59,6 +61,11 @@ class Session:
     Create it, start ``run`` in a nursery (``await nursery.start(session.run)``), feed
     it host audio, add members. ``end`` stops it: members get ``session_ended`` and are
     closed, the pipeline is cancelled.
+
+    It counts into ``metrics`` (its server's; by default one of its own): what its
+    actors do, the captions and notices it writes (once per caption or notice, with the
+    number of members), and through each member its messages in. Its records carry its
+    id (``logs``): the actors' and, once they join, its members' connections'.
     """
 
     def __init__(
@@ -71,9 +78,11 @@ class Session:
         source_lang: str | None = None,
         solo: bool = False,
         stages: StageRecorder | None = None,
+        metrics: Metrics | None = None,
         first_seq: int = 1,
     ) -> None:
         self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
         self.first_seq = first_seq
         """The seqId of the pipeline's first segment (a session moving between nodes
         continues after the last one it used)."""
@@ -109,9 +118,11 @@ class Session:
         if language not in self.stt.languages():
             raise UnsupportedLanguage(self.stt.name, language, self.stt.languages())
 
-    def check_target(self, language: str) -> None:
-        """Raise ``UnsupportedLanguage`` unless listeners can read ``language``."""
-        available = self.mt.targets(self.source_lang) | {self.source_lang}
+    def check_target(self, language: str, source: str | None = None) -> None:
+        """Raise ``UnsupportedLanguage`` unless listeners can read ``language`` (of
+        speech in ``source``, by default the session's language)."""
+        source = source or self.source_lang
+        available = self.mt.targets(source) | {source}
         if language not in available:
             raise UnsupportedLanguage(self.mt.name, language, available)
 
@@ -151,6 +162,7 @@ class Session:
             self.audience.remove(previous)
             previous.close(1000, "replaced by a newer host connection")
         self._host_ever = True
+        self._join(host)
         self.audience.add(host)
         self._touch()
 
@@ -175,6 +187,7 @@ class Session:
         language = member.target_lang
         after = last_seq if last_seq is not None else 0
         limit = self.config.history_size if last_seq is not None else self.config.catchup_finals
+        self._join(member)
         self.audience.want(language)
         try:
             while missing := self.history.missing(language, after, limit):
@@ -182,8 +195,10 @@ class Session:
                     await self._render_for_history(segment, language)
         finally:
             self.audience.unwant(language)
-        for caption, frame in self.history.captions(language, after, limit):
+        missed = self.history.captions(language, after, limit)
+        for caption, frame in missed:
             member.send_caption(caption, frame)
+        self.metrics.caught_up(language, len(missed))
         self.audience.add(member)
         self._touch()
         self.send_stats()
@@ -210,9 +225,12 @@ class Session:
         }
 
     def send_stats(self) -> None:
-        if self.host is not None and not self.ended.is_set():
+        """Tell the host (not a solo user: it has no audience) who listens now."""
+        host = self.host
+        if host is not None and host.role is Role.HOST and not self.ended.is_set():
             message = {"type": "session_stats", "stats": self.stats()}
-            self.host.send_notice(message, message_frame(message))
+            host.send_notice(message, message_frame(message))
+            self.metrics.notified(1)
 
     def notify_error(self, text: str, code: int = INTERNAL_ERROR) -> None:
         """Tell every member about a problem that does not end the session."""
@@ -220,6 +238,7 @@ class Session:
         frame = message_frame(message)
         for member in self.audience.members():
             member.send_notice(message, frame)
+        self.metrics.notified(self.audience.people())
 
     def info(self) -> dict[str, Any]:
         """The session as ``/session/{code}/info`` shows it."""
@@ -251,8 +270,9 @@ class Session:
         for member in self.audience.members():
             member.send_notice(ended, frame)
             member.close(1001 if reason == "shutdown" else 1000, "session ended")
+        self.metrics.notified(self.audience.people())
         self._cancel_scope.cancel()
-        log.info("session %s ended: %s", self.id, reason)
+        log.info("session %s ended: %s", self.id, reason, extra={"session_id": self.id})
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Supervise the pipeline until the session ends.
@@ -262,7 +282,9 @@ class Session:
         session id, members get an ``error`` and ``session_ended``; no other session is
         touched.
         """
+        logs.bind_session(self.id)
         config = self.config
+        metrics = self.metrics
         results_send, results_receive = trio.open_memory_channel[SttResult](config.result_queue)
         frames_send, frames_receive = trio.open_memory_channel[SttInput](config.audio_queue)
         segments_send, segments_receive = trio.open_memory_channel[Segment](config.segment_queue)
@@ -277,6 +299,7 @@ class Session:
                             audience=self.audience,
                             history=self.history,
                             stages=self.stages,
+                            metrics=metrics,
                         )
                     )
                     await nursery.start(
@@ -291,6 +314,7 @@ class Session:
                             timeout_s=config.translate_timeout_s,
                             context_segments=config.context_segments,
                             glossary=lambda: self.glossary,
+                            metrics=metrics,
                         )
                     )
                     await nursery.start(
@@ -311,6 +335,7 @@ class Session:
                             queue_size=config.audio_queue,
                             retry_after_s=config.engine_retry_s,
                             on_error=partial(self.notify_error, code=SERVICE_UNAVAILABLE),
+                            metrics=metrics,
                         )
                     )
                     await nursery.start(
@@ -324,7 +349,7 @@ class Session:
                     nursery.start_soon(self._expire)
                     task_status.started()
         except Exception:
-            log.exception("session %s crashed", self.id)
+            log.exception("session %s crashed", self.id, extra={"session_id": self.id})
             self.notify_error("the session failed on the server", INTERNAL_ERROR)
             self.end("error", "The session ended because of a server error.")
         finally:
@@ -356,6 +381,12 @@ class Session:
                 self.end("expired", "The session expired unused.")
             return
 
+    def _join(self, member: Member) -> None:
+        """``member`` joins: it counts into this session's metrics, and the calling
+        task (its connection's) logs with this session's id from now on."""
+        member.count_into(self.metrics.member_counters(member.role))
+        logs.bind_session(self.id)
+
     def _touch(self) -> None:
         self.last_activity_ms = now_ms()
         self._changed.set()
@@ -370,6 +401,7 @@ class Session:
             context=(),
             timeout_s=self.config.translate_timeout_s,
             glossary=self.glossary,
+            metrics=self.metrics,
         )
 
     async def _render_for_history(self, segment: Segment, language: str) -> None:

@@ -1,10 +1,11 @@
-"""Stage latencies: how long each caption spent in each actor, for ``GET /stats``.
+"""Stage latencies: how long each caption spent in each actor, for ``GET /stats`` and
+the ``babel_stage_latency_seconds`` histograms of ``GET /metrics``.
 
 The timestamps ride on the pipeline's values (``AudioFrame.ingested_at``,
 ``SttResult.produced_at``, ``Segment.split_at``, ``Caption.translated_at``...), so no
 actor but the broadcaster touches the recorder: it calls ``record`` once per caption
 (one segment in one language) after writing it to every member. Nothing here runs per
-listener, and recording is a handful of ``deque.append`` calls.
+listener, and recording is a handful of ``deque.append`` and histogram observations.
 
 Each stage runs from the previous stage's hand-off to its own, queueing included, so
 the stages add up to the total:
@@ -22,9 +23,11 @@ import math
 import resource
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from babel_actors.events import Caption
+from babel_actors.metrics import Metrics
 from babel_actors.wire.server import now_ms
 
 STAGES = ("ingest", "stt", "splitter", "translator", "broadcaster")
@@ -54,15 +57,27 @@ class StageRecorder:
     """Per-process stage latencies of captions, finals and partials apart.
 
     Keeps the last ``size`` samples per stage; ``summary`` gives their percentiles.
+    With ``metrics``, each sample is also observed (in seconds) in its stage's
+    histogram, ``total`` included; ``reset`` leaves the histograms alone.
     A timestamp of 0.0 means an engine or path could not tell (the embedded Whisper
     engine does not say which audio completed a result): the stages it bounds are
     skipped, the others still recorded.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, metrics: Metrics | None = None) -> None:
         self.size = size
         self.since_ms = now_ms()
         self._series = {kind: _Series(size) for kind in KINDS}
+        self._observers: dict[str, dict[str, Callable[[float], None]]] = {}
+        if metrics is not None:
+            histogram = metrics.stage_seconds
+            self._observers = {
+                kind: {
+                    name: histogram.labels(stage=name, kind=kind).observe
+                    for name in (*STAGES, "total")
+                }
+                for kind in KINDS
+            }
 
     def reset(self) -> None:
         """Forget every sample (``POST /stats/reset``), e.g. before a bench run."""
@@ -72,9 +87,11 @@ class StageRecorder:
     def record(self, caption: Caption, now: float) -> None:
         """``caption`` was written to every member at ``now`` (``trio.current_time()``)."""
         segment = caption.segment
-        series = self._series["partial" if segment.is_partial else "final"]
+        kind = "partial" if segment.is_partial else "final"
+        series = self._series[kind]
         series.count += 1
         samples = series.samples
+        observers = self._observers.get(kind)
         marks = (
             segment.audio_received_at,
             segment.audio_ingested_at,
@@ -86,8 +103,12 @@ class StageRecorder:
         for name, start, end in zip(STAGES, marks[:-1], marks[1:], strict=True):
             if start and end:
                 samples[name].append((end - start) * 1000.0)
+                if observers is not None:
+                    observers[name](end - start)
         if segment.audio_received_at:
             samples["total"].append((now - segment.audio_received_at) * 1000.0)
+            if observers is not None:
+                observers["total"](now - segment.audio_received_at)
         if segment.recognized_at:
             samples["resultToSocket"].append((now - segment.recognized_at) * 1000.0)
 

@@ -27,6 +27,21 @@ SCRIPTED_CLOCK = (
 )
 
 
+UNLIMITED = {
+    "BABEL_MAX_CONNECTIONS_PER_IP": "0",
+    "BABEL_MAX_SESSIONS_PER_KEY": "0",
+    "BABEL_MAX_LISTENERS_PER_SESSION": "0",
+    "BABEL_JOIN_ATTEMPTS": "0",
+    "BABEL_AUDIO_RATE_SLACK": "0",
+}
+"""The per-client limits, off in the server the bench starts (``--server-env`` may set
+them again). Every load process connects from 127.0.0.1: up to 10,000 listeners of one
+session and 100 sessions are one client to the server, far past the defaults meant for
+strangers on the internet (1,000 connections, 20 sessions, 5,000 listeners per
+session). ``ingest`` streams audio as fast as it can, past the audio rate a host may
+send. A server aimed at with ``--url`` keeps its own settings."""
+
+
 def add_common(parser: argparse.ArgumentParser, *, out: str) -> None:
     parser.add_argument(
         "--url",
@@ -89,7 +104,7 @@ def server_for(
         yield server
         return
     with tempfile.TemporaryDirectory(prefix="babel-bench-") as scratch:
-        env = dict(item.split("=", 1) for item in args.server_env)
+        env = {**UNLIMITED, **dict(item.split("=", 1) for item in args.server_env)}
         if timeline is not None:
             env["BABEL_SCRIPT_PATH"] = str(timeline.write(Path(scratch) / "script.json"))
         log = Path(scratch) / "server.log"

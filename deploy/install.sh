@@ -68,6 +68,11 @@ install_user() {
 # After a change: systemctl restart babel-actors.target
 BABEL_STT=whisper
 BABEL_MT=apertium
+# Access (README, "Security and limits"): keys that may start sessions (comma-
+# separated), the key of /sessions, /stats and /metrics, and the web client's origins.
+#BABEL_API_KEYS=
+#BABEL_OPERATOR_KEY=
+#BABEL_ALLOWED_ORIGINS=https://captions.example.org
 EOF
     fi
     if [[ -n $REDIS_URL ]] && ! grep -q '^BABEL_REDIS_URL=' "$ETC/babel-actors.env"; then

@@ -77,6 +77,7 @@ def test_openapi_parses() -> None:
         "/health",
         "/stats",
         "/stats/reset",
+        "/metrics",
         "/translate",
     }
     for path, item in doc["paths"].items():

@@ -1,5 +1,9 @@
 """The STT actor: runs one engine stream at a time, restarting it on a language change
-or after an engine failure."""
+or after an engine failure.
+
+Counts (``Metrics``, when given): each stream it reopens, by engine and reason
+(``error``, ``language``, ``glossary``).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from babel_actors.engines.base import SpeechToText
 from babel_actors.errors import EngineError
 from babel_actors.events import AudioEvent, SourceLanguage, SttInput, SttResult
 from babel_actors.glossary import Glossary
+from babel_actors.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +30,7 @@ async def run_stt(
     queue_size: int,
     retry_after_s: float,
     on_error: Callable[[str], None],
+    metrics: Metrics | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Feed audio to ``engine.transcribe`` and pass its results on.
@@ -36,13 +42,17 @@ async def run_stt(
     Error handling: an ``EngineError`` is reported through ``on_error`` (the session
     tells host and listeners), and a new stream opens after ``retry_after_s``; audio
     that arrives meanwhile waits in the inbox.
+    Counts: ``metrics``, when given, counts every stream reopened, by reason.
     """
     async with inbox, outbox:
         task_status.started()
         ended = False
         glossary = Glossary()
         failure: BaseException | None = None
+        restart = ""
         while not ended:
+            if restart and metrics is not None:
+                metrics.stt_restarted(engine.name, restart)
             feed_send, feed_receive = trio.open_memory_channel[AudioEvent](queue_size)
             try:
                 async with trio.open_nursery() as nursery:
@@ -53,11 +63,11 @@ async def run_stt(
                         async for event in inbox:
                             if isinstance(event, SourceLanguage):
                                 language = event.language
-                                ended = False
+                                ended, restart = False, "language"
                                 break
                             if isinstance(event, Glossary):
                                 glossary = event
-                                ended = False
+                                ended, restart = False, "glossary"
                                 break
                             await feed_send.send(event)
             except* EngineError as group:
@@ -66,7 +76,7 @@ async def run_stt(
             if failure is not None:
                 log.warning("speech engine %s failed: %s", engine.name, failure)
                 on_error(f"speech recognition failed ({failure}); retrying")
-                ended = False
+                ended, restart = False, "error"
                 failure = None
                 await trio.sleep(retry_after_s)
 

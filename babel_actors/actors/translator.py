@@ -3,6 +3,10 @@
 One lane per target language, so a slow language never holds up another, and finals
 stay in order within each language. Listeners who read the source language get the
 segment as it is, with no translation at all.
+
+Counts (``Metrics``, when given): every call to the engine, by engine and language
+pair, and every one that failed or timed out (``translate_segment``, which every
+translation goes through, a joiner's catch-up included).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from babel_actors.engines.base import Translator
 from babel_actors.errors import BabelError
 from babel_actors.events import Caption, Segment
 from babel_actors.glossary import Glossary
+from babel_actors.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +36,18 @@ async def translate_segment(
     context: Sequence[str],
     timeout_s: float,
     glossary: Glossary | None = None,
+    metrics: Metrics | None = None,
 ) -> Caption:
     """``segment`` in ``target``; on failure or timeout, its source text, flagged.
 
     Never raises but for cancellation: a listener gets the source text, never silence.
+    ``metrics`` counts the request, and its failure or timeout.
     """
     if target == segment.source_lang:
         return Caption(segment, target, segment.text, True)
     source = segment.source_lang
+    if metrics is not None:
+        metrics.translation(engine.name, source, target)
     with trio.move_on_after(timeout_s):
         try:
             if glossary:
@@ -51,9 +60,13 @@ async def translate_segment(
                 )
             return Caption(segment, target, text, True)
         except BabelError as exc:
-            log.warning("translation %s->%s failed: %s", segment.source_lang, target, exc)
+            log.warning("translation %s->%s failed: %s", source, target, exc)
+            if metrics is not None:
+                metrics.translation_failed(engine.name, source, target, "error")
             return Caption(segment, target, segment.text, False)
-    log.warning("translation %s->%s timed out after %ss", segment.source_lang, target, timeout_s)
+    log.warning("translation %s->%s timed out after %ss", source, target, timeout_s)
+    if metrics is not None:
+        metrics.translation_failed(engine.name, source, target, "timeout")
     return Caption(segment, target, segment.text, False)
 
 
@@ -71,11 +84,13 @@ class _Lane:
         engine: Translator,
         timeout_s: float,
         glossary: Callable[[], Glossary],
+        metrics: Metrics | None,
     ) -> None:
         self.target = target
         self.engine = engine
         self.timeout_s = timeout_s
         self.glossary = glossary
+        self.metrics = metrics
         self.finals_send, self.finals_receive = trio.open_memory_channel[_Job](queue_size)
         self.partial: _Job | None = None
         self.partial_ready = trio.Event()
@@ -93,6 +108,7 @@ class _Lane:
             context=context,
             timeout_s=self.timeout_s,
             glossary=self.glossary(),
+            metrics=self.metrics,
         )
         return _stamped(caption)
 
@@ -108,6 +124,7 @@ async def run_translator(
     timeout_s: float,
     context_segments: int,
     glossary: Callable[[], Glossary] = Glossary,
+    metrics: Metrics | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Dispatch each segment to the lanes of the languages wanted right now.
@@ -123,6 +140,7 @@ async def run_translator(
     Error handling: a failed or timed-out translation becomes the source text with
     ``has_translation`` false (``translate_segment``).
     ``glossary()`` is the session's glossary when a translation starts.
+    Counts: ``metrics``, when given, counts each engine call and each failure.
     """
     context: deque[str] = deque(maxlen=context_segments)
     lanes: dict[str, _Lane] = {}
@@ -137,7 +155,9 @@ async def run_translator(
                     continue
                 lane = lanes.get(target)
                 if lane is None:
-                    lane = lanes[target] = _Lane(target, queue_size, engine, timeout_s, glossary)
+                    lane = lanes[target] = _Lane(
+                        target, queue_size, engine, timeout_s, glossary, metrics
+                    )
                     nursery.start_soon(_translate_finals, lane, outbox.clone())
                     nursery.start_soon(
                         _translate_partials, lane, outbox.clone(), partial_interval_s

@@ -9,6 +9,7 @@ import trio
 
 from babel_actors.audience import Member, Role
 from babel_actors.events import Caption
+from babel_actors.metrics import MemberCounters
 from babel_actors.session import Session
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ class Pipeline(Session):
 class Relay:
     """A pipeline member reading one language for the whole cluster."""
 
-    role = Role.SOLO
+    role = Role.RELAY
 
     def __init__(self, session: ClusterSession, language: str) -> None:
         self.session = session
@@ -47,6 +48,12 @@ class Relay:
             self.session.forward_error(message, frame)
 
     def close(self, code: int, reason: str) -> None:
+        return None
+
+    def unsent_bytes(self) -> int:
+        return 0
+
+    def count_into(self, counters: MemberCounters | None) -> None:
         return None
 
 
@@ -73,3 +80,9 @@ class Guarded:
 
     def close(self, code: int, reason: str) -> None:
         self.member.close(code, reason)
+
+    def unsent_bytes(self) -> int:
+        return self.member.unsent_bytes()
+
+    def count_into(self, counters: MemberCounters | None) -> None:
+        self.member.count_into(counters)

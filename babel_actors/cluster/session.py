@@ -40,6 +40,7 @@ from typing import Any
 
 import trio
 
+from babel_actors import logs
 from babel_actors.audience import Member
 from babel_actors.cluster import catchup
 from babel_actors.cluster.catchup import Rendered, caption_from, frame_payload
@@ -48,6 +49,7 @@ from babel_actors.config import Config
 from babel_actors.engines.base import SpeechToText, Translator
 from babel_actors.events import Caption, Segment
 from babel_actors.glossary import Glossary
+from babel_actors.metrics import Metrics
 from babel_actors.session import Session
 from babel_actors.stages import StageRecorder
 from babel_actors.store.base import (
@@ -99,9 +101,16 @@ class ClusterSession(Session):
         record: SessionRecord,
         store: SessionStore,
         stages: StageRecorder | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__(
-            config, stt, mt, code=record.code, source_lang=record.source_lang, stages=stages
+            config,
+            stt,
+            mt,
+            code=record.code,
+            source_lang=record.source_lang,
+            stages=stages,
+            metrics=metrics,
         )
         self.id = record.id
         self.host_token = record.host_token
@@ -134,6 +143,7 @@ class ClusterSession(Session):
     def attach_host(self, host: Member) -> None:
         previous, self.host = self.host, host
         self._host_ever = True
+        self._join(host)
         self._touch()
         if self._pipeline is not None:
             self._pipeline.attach_host(host)
@@ -183,6 +193,7 @@ class ClusterSession(Session):
         language = member.target_lang
         after = last_seq if last_seq is not None else 0
         limit = self.config.history_size if last_seq is not None else self.config.catchup_finals
+        self._join(member)
         self.audience.want(language)
         self._audience_changed()
         rendered: dict[int, Rendered] = {}
@@ -198,8 +209,10 @@ class ClusterSession(Session):
             self.audience.unwant(language)
         guard = Guarded(member)
         finals = catchup.window(stored, self.history, after, limit)
-        for caption, frame in catchup.captions(finals, language, rendered):
+        missed = catchup.captions(finals, language, rendered)
+        for caption, frame in missed:
             guard.send_caption(caption, frame)
+        self.metrics.caught_up(language, len(missed))
         self._guards[id(member)] = guard
         self.audience.add(guard)
         self._audience_changed()
@@ -261,12 +274,11 @@ class ClusterSession(Session):
         """Whether a host closing here is a stale one: another node owns the session
         (the host reconnected there), and this node neither owns nor is claiming it."""
         return (
-            self._pipeline is None
-            and not self._owning
-            and self.owner not in ("", self.store.node)
+            self._pipeline is None and not self._owning and self.owner not in ("", self.store.node)
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        logs.bind_session(self.id)
         try:
             with self._cancel_scope:
                 async with trio.open_nursery() as nursery:
@@ -282,7 +294,7 @@ class ClusterSession(Session):
                     nursery.start_soon(self._puller)
                     task_status.started()
         except Exception:
-            log.exception("session %s failed on this node", self.id)
+            log.exception("session %s failed on this node", self.id, extra={"session_id": self.id})
             self._end_here("error", _MESSAGES["error"])
         finally:
             self.store.unsubscribe(self.id)
@@ -306,10 +318,11 @@ class ClusterSession(Session):
         for member in [*self.audience.members(), *([host] if host is not None else [])]:
             member.send_notice(notice, frame)
             member.close(GOING_AWAY, "server shutting down")
+        self.metrics.notified(self.audience.people() + (0 if host is None else 1))
         self.end_reason = reason
         self.ended.set()
         self._cancel_scope.cancel()
-        log.info("session %s left this node: %s", self.id, reason)
+        log.info("session %s left this node: %s", self.id, reason, extra={"session_id": self.id})
 
     async def _own(self) -> None:
         """Claim the session and start its pipeline here."""
@@ -328,6 +341,7 @@ class ClusterSession(Session):
             code=self.code,
             source_lang=self.source_lang,
             stages=self.stages,
+            metrics=self.metrics,
             first_seq=max(last, self._known_seq) + 1,
         )
         pipeline.id = self.id
@@ -395,6 +409,7 @@ class ClusterSession(Session):
         """An error of the pipeline, for every listener on every node."""
         for member in self.audience.members():
             member.send_notice(message, frame)
+        self.metrics.notified(self.audience.people())
         self.store.publish_control(self.id, "notice", message)
 
     def _update_relays(self) -> None:
@@ -435,6 +450,7 @@ class ClusterSession(Session):
         self._known_seq = max(self._known_seq, seq)
         for member in list(self.audience.by_language.get(language, {}).values()):
             member.send_caption(caption, frame)
+        self.metrics.delivered(caption, self.audience.people(language))
 
     def _on_event(self, event: BusEvent) -> None:
         if isinstance(event, BusCaption):
@@ -475,6 +491,7 @@ class ClusterSession(Session):
             frame = message_frame(message)
             for member in self.audience.members():
                 member.send_notice(message, frame)
+            self.metrics.notified(self.audience.people())
         elif event.kind == "source" and event.origin != self.store.node:
             self.source_lang = str(data.get("lang", self.source_lang))
 

@@ -15,6 +15,7 @@ from babel_actors.engines.base import SpeechToText, Translator
 from babel_actors.errors import ConfigError
 from babel_actors.registry import Registry
 from babel_actors.server.connection import Connection
+from babel_actors.server.guard import Guard
 from babel_actors.server.http import serve_connection
 from babel_actors.server.routes import Api
 from babel_actors.store import SessionStore, open_store
@@ -25,9 +26,11 @@ log = logging.getLogger(__name__)
 class Server:
     """A running server, as ``serve`` hands it to ``task_status.started``."""
 
-    def __init__(self, config: Config, registry: Registry, port: int) -> None:
+    def __init__(self, config: Config, registry: Registry, guard: Guard, port: int) -> None:
         self.config = config
         self.registry = registry
+        self.guard = guard
+        """The access rules and per-client limits, with what they count."""
         self.port = port
         self._shutdown = trio.Event()
 
@@ -83,10 +86,11 @@ async def serve(
         async with trio.open_nursery() as outer, _store(config, store) as store:
             async with trio.open_nursery() as sessions_nursery:
                 registry = Registry(config, stt, mt, sessions_nursery, store)
-                server = Server(config, registry, port)
-                api = Api(registry)
+                guard = Guard(config, registry.metrics)
+                server = Server(config, registry, guard, port)
+                api = Api(registry, guard)
                 async with trio.open_nursery() as connections:
-                    connections.start_soon(_accept, listener, connections, api, registry)
+                    connections.start_soon(_accept, listener, connections, api)
                     task_status.started(server)
                     await server._shutdown.wait()
                     log.info("shutting down: ending %d sessions", len(registry.live()))
@@ -113,14 +117,12 @@ async def _store(config: Config, given: SessionStore | None) -> AsyncIterator[Se
         yield store
 
 
-async def _accept(
-    listener: socket.socket, nursery: trio.Nursery, api: Api, registry: Registry
-) -> None:
+async def _accept(listener: socket.socket, nursery: trio.Nursery, api: Api) -> None:
     """Accept connections and hand each to its own task; stops when the listener closes."""
-    backlog_limit = registry.config.listener_backlog_bytes
+    config = api.registry.config
     while True:
         try:
-            sock, _ = listener.accept()
+            sock, address = listener.accept()
         except BlockingIOError:
             try:
                 await trio.lowlevel.wait_readable(listener)
@@ -136,17 +138,17 @@ async def _accept(
                 return
             raise
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if registry.config.socket_send_buffer:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, registry.config.socket_send_buffer)
-        conn = Connection(sock, backlog_limit=backlog_limit)
-        nursery.start_soon(_serve_contained, conn, api, registry)
+        if config.socket_send_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.socket_send_buffer)
+        conn = Connection(sock, backlog_limit=config.listener_backlog_bytes)
+        nursery.start_soon(_serve_contained, conn, api, address[0])
 
 
-async def _serve_contained(conn: Connection, api: Api, registry: Registry) -> None:
+async def _serve_contained(conn: Connection, api: Api, peer: str) -> None:
     """One connection's failure is logged and ends that connection only; it never
     reaches the accept loop's nursery, where it would take the server down."""
     try:
-        await serve_connection(conn, api, registry)
+        await serve_connection(conn, api, peer)
     except Exception:
         log.exception("connection from %s failed", conn.peer)
         conn.close()

@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 import trio
 
+from babel_actors.metrics import Tally
+
 log = logging.getLogger(__name__)
 
 _GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
@@ -26,9 +28,10 @@ class Connection:
 
     Backpressure: a frame that the socket cannot take waits in the backlog. Frames
     written as ``droppable`` (partials) coalesce: a newer one replaces any older one
-    not yet started. When the backlog would pass ``backlog_limit`` bytes, the
-    connection is marked ``overflowed`` and ``on_overflow`` is called once: the owner
-    decides what to tell the peer.
+    not yet started, and is counted in ``coalesced`` (the connection's own tally until
+    its owner hands it the server's, when the peer joins a session). When the backlog
+    would pass ``backlog_limit`` bytes, the connection is marked ``overflowed`` and
+    ``on_overflow`` is called once: the owner decides what to tell the peer.
     Cancellation: ``drain`` and ``receive`` are plain trio waits on the socket.
     Error handling: a peer that vanished marks the connection ``broken``; writes to it
     are dropped silently and ``receive`` returns ``b""``.
@@ -44,7 +47,7 @@ class Connection:
         self.broken = False
         self.overflowed = False
         self.closed = False
-        self.partials_coalesced = 0
+        self.coalesced = Tally()
         self._head_started = False
         self._has_backlog = trio.Event()
         self._emptied = trio.Event()
@@ -149,7 +152,7 @@ class Connection:
         for index, item in enumerate(self.backlog):
             if index >= start and item[1]:
                 self.backlog_bytes -= len(item[0])
-                self.partials_coalesced += 1
+                self.coalesced.count += 1
             else:
                 kept.append(item)
         self.backlog = kept

@@ -6,9 +6,12 @@ import hmac
 import logging
 from collections.abc import Mapping
 
+import attrs
+
 from babel_actors.audience import Role
 from babel_actors.errors import ProtocolError, UnsupportedLanguage
 from babel_actors.registry import Registry
+from babel_actors.server.guard import Guard, Refusal
 from babel_actors.server.websocket import (
     GOING_AWAY,
     NORMAL,
@@ -37,21 +40,51 @@ FORBIDDEN = 403
 """``error.code`` for a message the peer's role may not send."""
 
 
-async def serve_role(peer: WebSocketPeer, query: Mapping[str, str], registry: Registry) -> None:
-    """Run the peer in the role its query names, until it or its session ends."""
+@attrs.frozen
+class Caller:
+    """Who opened the WebSocket."""
+
+    client: str
+    """The client's address (``Guard.client``)."""
+    headers: Mapping[str, str]
+    """The upgrade request's headers by lower-case name."""
+
+
+def refuse(peer: WebSocketPeer, refusal: Refusal) -> None:
+    """Tell the peer why it is refused (``error`` with the close code, ``closing``, and
+    the HTTP-like ``status``), then close with ``refusal.close_code``."""
+    if peer.close_code is None:
+        peer.send(refusal.error_message())
+    peer.close(refusal.close_code, refusal.message[:100])
+
+
+async def serve_role(
+    peer: WebSocketPeer,
+    query: Mapping[str, str],
+    registry: Registry,
+    guard: Guard,
+    caller: Caller,
+) -> None:
+    """Run the peer in the role its query names, until it or its session ends.
+
+    Raises ``Refusal`` when an access rule or a limit refuses the peer (at once, or
+    later: audio too fast); the caller answers it with ``refuse``.
+    """
     role = query.get("role")
     if role == "host":
-        await _serve_host(peer, query, registry)
+        await _serve_host(peer, query, registry, guard, caller)
     elif role == "listener":
-        await _serve_listener(peer, query, registry)
+        await _serve_listener(peer, query, registry, guard, caller)
     elif role in (None, "", "solo"):
-        await _serve_solo(peer, query, registry)
+        await _serve_solo(peer, query, registry, guard, caller)
     else:
         peer.fail(f"unknown role {role[:20]!r}; use host, listener or none (solo)", POLICY)
 
 
-async def _serve_host(peer: WebSocketPeer, query: Mapping[str, str], registry: Registry) -> None:
-    session = await _session_for(peer, query, registry)
+async def _serve_host(
+    peer: WebSocketPeer, query: Mapping[str, str], registry: Registry, guard: Guard, caller: Caller
+) -> None:
+    session = await _session_for(peer, query, registry, guard, caller)
     if session is None:
         return
     token = query.get("token", "")
@@ -66,15 +99,21 @@ async def _serve_host(peer: WebSocketPeer, query: Mapping[str, str], registry: R
     session.attach_host(peer)
     session.send_stats()
     try:
-        await _host_loop(peer, session)
+        await _host_loop(peer, session, guard)
     finally:
         session.detach_host(peer)
         if peer.remote_close_code == NORMAL and session.host is None:
             session.end("host_ended", "The host ended the session.")
 
 
-async def _serve_solo(peer: WebSocketPeer, query: Mapping[str, str], registry: Registry) -> None:
+async def _serve_solo(
+    peer: WebSocketPeer, query: Mapping[str, str], registry: Registry, guard: Guard, caller: Caller
+) -> None:
+    # A browser cannot set headers on a WebSocket: it may send the key as ?apiKey=.
+    owner = guard.session_owner(caller.headers, caller.client, query.get("apiKey"))
+    guard.check_sessions(owner)
     session = await registry.start_session(solo=True)
+    guard.session_started(owner, session)
     target = query.get("targetLang") or session.source_lang
     try:
         session.check_target(target)
@@ -87,23 +126,28 @@ async def _serve_solo(peer: WebSocketPeer, query: Mapping[str, str], registry: R
     peer.send(_ready(peer, session))
     session.attach_host(peer)
     try:
-        await _host_loop(peer, session)
+        await _host_loop(peer, session, guard)
     finally:
         session.detach_host(peer)
         session.end("closed", "The solo session has ended.")
 
 
 async def _session_for(
-    peer: WebSocketPeer, query: Mapping[str, str], registry: Registry
+    peer: WebSocketPeer, query: Mapping[str, str], registry: Registry, guard: Guard, caller: Caller
 ) -> Session | None:
     """The session the query names, served here (it may live on another node); None
-    after telling the peer why not."""
+    after telling the peer why not. Joining counts as a join attempt: a client locked
+    out for failed joins is refused, and an unknown ``sessionId`` is a failure."""
+    guard.check_join(caller.client)
+    session_id = query.get("sessionId", "")
     try:
-        session = await registry.open(query.get("sessionId", ""))
+        session = await registry.open(session_id)
     except StoreUnavailable:
         peer.fail("sessions are unreachable right now; try again", TRY_AGAIN_LATER)
         return None
     if session is None:
+        if session_id:
+            guard.join_failed(caller.client)
         peer.fail("session not found", POLICY)
     return session
 
@@ -123,23 +167,16 @@ def _ready(peer: WebSocketPeer, session: Session) -> dict[str, object]:
     return ready
 
 
-async def _host_loop(peer: WebSocketPeer, session: Session) -> None:
-    """Read a host's (or solo user's) messages: audio in, settings, pings."""
+async def _host_loop(peer: WebSocketPeer, session: Session, guard: Guard) -> None:
+    """Read a host's (or solo user's) messages: audio in, settings, pings. Raises
+    ``Refusal`` for audio faster than the host may send it."""
     config = session.config
     async for message in _parsed(peer, config.max_sample_rate):
         if isinstance(message, Audio):
+            guard.meter_audio(session, len(message.pcm))
             await session.feed(message.pcm)
         elif isinstance(message, Init):
-            _apply_init(peer, session, message)
-            if message.glossary is not None:
-                await session.set_glossary(message.glossary)
-            if message.source_lang is not None:
-                try:
-                    await session.set_source_language(message.source_lang)
-                except UnsupportedLanguage as exc:
-                    peer.error(str(exc))
-                    continue
-            peer.send(_ready(peer, session))
+            await _apply_init(peer, session, message)
         elif isinstance(message, AudioEnd):
             await session.end_of_speech()
         elif isinstance(message, Ping):
@@ -150,17 +187,34 @@ async def _host_loop(peer: WebSocketPeer, session: Session) -> None:
             peer.error("a host changes language with init.sourceLang", FORBIDDEN)
 
 
-def _apply_init(peer: WebSocketPeer, session: Session, message: Init) -> None:
+async def _apply_init(peer: WebSocketPeer, session: Session, message: Init) -> None:
+    """All or nothing: every field is checked before any is applied, so a refused
+    ``init`` (``error`` 400) changes nothing; an accepted one gets ``session_ready``."""
+    source = message.source_lang or session.source_lang
+    target = None
+    if peer.role is Role.SOLO:
+        target = message.target_lang or peer.target_lang
+    try:
+        session.check_source(source)
+        if target is not None:
+            session.check_target(target, source)
+    except UnsupportedLanguage as exc:
+        peer.error(str(exc))
+        return
     if message.sample_rate is not None:
         session.sample_rate = message.sample_rate
-    if message.target_lang is not None and peer.role is Role.SOLO:
-        _change_language(peer, session, message.target_lang)
+    if message.glossary is not None:
+        await session.set_glossary(message.glossary)
+    await session.set_source_language(source)
+    if target is not None and target != peer.target_lang:
+        session.change_language(peer, target)
+    peer.send(_ready(peer, session))
 
 
 async def _serve_listener(
-    peer: WebSocketPeer, query: Mapping[str, str], registry: Registry
+    peer: WebSocketPeer, query: Mapping[str, str], registry: Registry, guard: Guard, caller: Caller
 ) -> None:
-    session = await _session_for(peer, query, registry)
+    session = await _session_for(peer, query, registry, guard, caller)
     if session is None:
         return
     target = query.get("targetLang") or session.source_lang
@@ -178,6 +232,12 @@ async def _serve_listener(
     except ValueError:
         peer.fail("lastSeq must be an integer of -1 or more", POLICY)
         return
+    with guard.listener_slot(session):
+        await _listen(peer, session, target, resume)
+
+
+async def _listen(peer: WebSocketPeer, session: Session, target: str, resume: int | None) -> None:
+    """A listener's life: joined, caught up, then its messages until it leaves."""
     peer.role = Role.LISTENER
     peer.target_lang = target
     joined: dict[str, object] = {
@@ -202,8 +262,7 @@ async def _serve_listener(
             elif isinstance(message, Audio):
                 peer.error("listeners cannot send audio", FORBIDDEN)
             elif isinstance(message, Init):
-                if message.target_lang is not None:
-                    _change_language(peer, session, message.target_lang)
+                peer.error("listeners change language with change_language", FORBIDDEN)
             else:
                 peer.error("listeners cannot send audio_end", FORBIDDEN)
     finally:

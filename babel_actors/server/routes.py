@@ -1,56 +1,129 @@
-"""The HTTP API of ``protocols/openapi.yaml``: requests in, (status, JSON body) out."""
+"""The HTTP API of ``protocols/openapi.yaml``: requests in, (status, JSON body) out.
+
+Access rules and limits are the guard's: a refused request raises ``Refusal``, which
+the HTTP layer answers.
+"""
 
 from __future__ import annotations
 
-import json
+import re
 import time
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
+import attrs
+
 from babel_actors.errors import UnsupportedLanguage
 from babel_actors.registry import Registry
+from babel_actors.server.guard import Guard
 from babel_actors.server.static import StaticSite
 from babel_actors.stages import process_usage
 from babel_actors.store import StoreUnavailable
-from babel_actors.wire.client import is_language
+from babel_actors.wire.client import is_language, loads_json
 
 Reply = tuple[int, dict[str, Any]]
 
 MAX_USER_NAME = 50
 
+OPERATOR_PATHS = frozenset({"/sessions", "/stats", "/stats/reset", "/metrics"})
+"""Routes that need the operator key, when one is configured."""
+WEBSOCKET_PATH = "/translate"
+
+_METHODS = {
+    "/session/start": ("POST",),
+    "/session/join": ("POST",),
+    "/health": ("GET", "HEAD"),
+    "/sessions": ("GET", "HEAD"),
+    "/stats": ("GET", "HEAD"),
+    "/stats/reset": ("POST",),
+    "/metrics": ("GET", "HEAD"),
+    WEBSOCKET_PATH: ("GET",),
+}
+
+
+def allowed_methods(path: str) -> tuple[str, ...] | None:
+    """The methods ``path`` takes (for ``Allow``), or None when there is no such path."""
+    if path in _METHODS:
+        return _METHODS[path]
+    if _info_code(path) is not None:
+        return ("GET", "HEAD")
+    return None
+
+
+def _info_code(path: str) -> str | None:
+    parts = path.strip("/").split("/")
+    if len(parts) == 3 and parts[0] == "session" and parts[2] == "info":
+        return parts[1]
+    return None
+
+
+@attrs.frozen
+class Request:
+    """One HTTP request, as the routes see it."""
+
+    method: str
+    """``GET``, ``POST``, ..."""
+    path: str
+    """The target's path, without the query."""
+    body: bytes
+    """The whole body (its size is already bounded)."""
+    query: Mapping[str, str]
+    """The query's parameters, blank ones too."""
+    headers: Mapping[str, str]
+    """Header values by lower-case name."""
+    client: str
+    """The client's address (``Guard.client``)."""
+
 
 class Api:
-    """Route handlers over a registry; every handler is synchronous and cheap."""
+    """Route handlers over a registry and a guard; every handler is cheap, and awaits
+    only the session store."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, guard: Guard) -> None:
         self.registry = registry
+        self.guard = guard
         self.started = time.monotonic()
         self.site = StaticSite.from_package()
 
-    async def handle(self, method: str, path: str, body: bytes) -> Reply:
-        """Dispatch one request. Unknown paths get 404, wrong methods 405."""
+    async def handle(self, request: Request) -> Reply:
+        """Dispatch one request. Unknown paths get 404, wrong methods 405 (the caller
+        adds ``Allow``), a plain GET of the WebSocket endpoint 426. Raises ``Refusal``
+        for a missing key or a limit."""
+        path, method = request.path, request.method
+        methods = allowed_methods(path)
+        if methods is None:
+            return 404, _failure(f"no route for {path}")
+        if method not in methods:
+            return 405, _failure(f"use {' or '.join(m for m in methods if m != 'HEAD')}")
+        if path in OPERATOR_PATHS:
+            self.guard.check_operator(request.headers)
+        if path == WEBSOCKET_PATH:
+            problem = _socket_query_problem(request.query)
+            if problem is not None:
+                return 400, _failure(problem)
+            return 426, _failure("this endpoint speaks WebSocket only")
         if path == "/session/start":
-            return await self._post(method, self.start_session, body)
+            owner = self.guard.session_owner(request.headers, request.client)
+            return await self._post(request, partial(self.start_session, owner=owner))
         if path == "/session/join":
-            return await self._post(method, self.join_session, body)
+            return await self._post(request, partial(self.join_session, client=request.client))
         if path == "/health":
-            return self._get(method, self.health)
+            return self.health()
         if path == "/sessions":
-            return self._get(method, self.sessions)
+            return self.sessions()
         if path == "/stats":
-            return self._get(method, self.stats)
+            return self.stats()
         if path == "/stats/reset":
-            return await self._post(method, self.reset_stats, body)
-        parts = path.strip("/").split("/")
-        if len(parts) == 3 and parts[0] == "session" and parts[2] == "info":
-            if method not in ("GET", "HEAD"):
-                return 405, _failure("use GET")
-            return await self.session_info(parts[1])
-        return 404, _failure(f"no route for {path}")
+            return await self._post(request, self.reset_stats)
+        code = _info_code(path)
+        assert code is not None
+        return await self.session_info(code, request.client)
 
-    async def start_session(self, body: dict[str, Any]) -> Reply:
+    async def start_session(self, body: dict[str, Any], owner: str) -> Reply:
         source = body.get("sourceLang")
-        if source is not None:
+        if "sourceLang" in body:
             if not is_language(source):
                 return 400, _failure("sourceLang must be a language code such as 'en'")
             if source not in self.registry.stt.languages():
@@ -58,10 +131,12 @@ class Api:
                     self.registry.stt.name, source, self.registry.stt.languages()
                 )
                 return 400, _failure(str(error))
+        self.guard.check_sessions(owner)
         try:
             session = await self.registry.start_session(source_lang=source)
         except StoreUnavailable as exc:
             return 503, _failure(str(exc))
+        self.guard.session_started(owner, session)
         query = urlencode({"role": "host", "sessionId": session.id, "token": session.host_token})
         return 200, {
             "success": True,
@@ -72,26 +147,30 @@ class Api:
             "wsUrl": f"/translate?{query}",
         }
 
-    async def join_session(self, body: dict[str, Any]) -> Reply:
+    async def join_session(self, body: dict[str, Any], client: str) -> Reply:
         code = body.get("sessionCode")
         if not isinstance(code, str) or not code.strip():
             return 400, _failure("sessionCode is required")
+        self.guard.check_join(client)
         try:
             session = await self.registry.lookup(code)
         except StoreUnavailable as exc:
             return 503, _failure(str(exc))
         if session is None:
+            self.guard.join_failed(client)
             return 404, _failure("session not found")
-        target = body.get("targetLang") or session.source_lang
+        self.guard.check_listeners(session)
+        target = body.get("targetLang", session.source_lang)
         if not is_language(target):
             return 400, _failure("targetLang must be a language code such as 'es'")
         try:
             session.check_target(target)
         except UnsupportedLanguage as exc:
             return 400, _failure(str(exc))
-        name = body.get("userName") or "Anonymous"
+        name = body.get("userName", "")
         if not isinstance(name, str) or len(name) > MAX_USER_NAME:
             return 400, _failure(f"userName must be a string of at most {MAX_USER_NAME} characters")
+        name = name or "Anonymous"
         params = {
             "role": "listener",
             "sessionId": session.id,
@@ -108,12 +187,14 @@ class Api:
             "wsUrl": f"/translate?{urlencode(params, errors='replace')}",
         }
 
-    async def session_info(self, code: str) -> Reply:
+    async def session_info(self, code: str, client: str) -> Reply:
+        self.guard.check_join(client)
         try:
             session = await self.registry.lookup(code)
         except StoreUnavailable as exc:
             return 503, _failure(str(exc))
         if session is None:
+            self.guard.join_failed(client)
             return 404, _failure("session not found")
         return 200, {"success": True, "session": session.info()}
 
@@ -150,26 +231,51 @@ class Api:
             "store": self.registry.store.health(),
         }
 
-    async def _post(self, method: str, handler: Any, body: bytes) -> Reply:
-        if method != "POST":
-            return 405, _failure("use POST")
+    @staticmethod
+    async def _post(
+        request: Request, handler: Callable[[dict[str, Any]], Awaitable[Reply]]
+    ) -> Reply:
+        body = request.body
         try:
-            data = json.loads(body) if body.strip() else {}
+            data = loads_json(body) if body.strip() else {}
         except (ValueError, RecursionError):
             # ValueError covers JSONDecodeError, UnicodeDecodeError and an integer
             # literal past Python's int-digit limit, which json.loads refuses unnamed.
             return 400, _failure("the body is not valid JSON")
         if not isinstance(data, dict):
             return 400, _failure("the body must be a JSON object")
-        reply: Reply = await handler(data)
-        return reply
+        return await handler(data)
 
-    @staticmethod
-    def _get(method: str, handler: Any) -> Reply:
-        if method not in ("GET", "HEAD"):
-            return 405, _failure("use GET")
-        reply: Reply = handler()
-        return reply
+
+def _is_last_seq(value: str) -> bool:
+    try:
+        return int(value) >= -1
+    except ValueError:
+        return False
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,256}")
+_SOCKET_PARAMETERS: dict[str, Callable[[str], bool]] = {
+    "role": lambda value: value in ("host", "listener"),
+    "sessionId": lambda value: _UUID.fullmatch(value) is not None,
+    "token": lambda value: _TOKEN.fullmatch(value) is not None,
+    "targetLang": is_language,
+    "userName": lambda value: len(value) <= MAX_USER_NAME,
+    "lastSeq": _is_last_seq,
+    "apiKey": bool,
+}
+"""The ``/translate`` query parameters of ``openapi.yaml``, and what each must be."""
+
+
+def _socket_query_problem(query: Mapping[str, str]) -> str | None:
+    """What is malformed in the query of a plain GET of ``/translate``: it gets 400
+    for that before 426 for not upgrading. (An upgrade is never refused for its
+    query: the WebSocket tells the client why, where a browser can read it.)"""
+    for name, valid in _SOCKET_PARAMETERS.items():
+        if name in query and not valid(query[name]):
+            return f"malformed query parameter {name}"
+    return None
 
 
 def _failure(message: str) -> dict[str, Any]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import trio
@@ -23,6 +24,7 @@ from babel_actors.audience import Role
 from babel_actors.config import Config
 from babel_actors.errors import ProtocolError
 from babel_actors.events import Caption
+from babel_actors.metrics import MemberCounters
 from babel_actors.server.connection import Connection
 from babel_actors.wire.server import close_frame, error_message, message_frame
 
@@ -36,6 +38,10 @@ TOO_BIG = 1009
 SERVER_ERROR = 1011
 TRY_AGAIN_LATER = 1013
 _GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_AUDIO_TYPE = re.compile(r'"type"\s*:\s*"audio"')
+"""A text message of type ``audio`` (the original's base64 audio), told apart from
+control messages without parsing it twice; a crafted message may fool it, which
+costs only a miscount."""
 
 
 def accept_key(key: str) -> str:
@@ -54,6 +60,8 @@ class WebSocketPeer:
     ``close_timeout_s`` to answer before the read loop is cancelled.
     Error handling: malformed input raises ``ProtocolError`` out of ``messages``; the
     role decides whether to answer with ``error`` or to close.
+    Counts: once it joins a session (``count_into``), its messages in by kind, its
+    coalesced partials and its being closed as too slow.
     """
 
     def __init__(self, conn: Connection, config: Config, trailing: bytes) -> None:
@@ -65,6 +73,7 @@ class WebSocketPeer:
         self.remote_close_code: int | None = None
         self.read_scope = trio.CancelScope()
         self._ws = WsConnection(ConnectionType.SERVER, trailing_data=trailing)
+        self._counters: MemberCounters | None = None
         conn.on_overflow = self._too_slow
 
     # --- Member ----------------------------------------------------------------
@@ -86,6 +95,14 @@ class WebSocketPeer:
             self.read_scope.deadline, trio.current_time() + self.config.close_timeout_s
         )
 
+    def unsent_bytes(self) -> int:
+        return self.conn.backlog_bytes
+
+    def count_into(self, counters: MemberCounters | None) -> None:
+        self._counters = counters
+        if counters is not None:
+            self.conn.coalesced = counters.coalesced
+
     # --- sending ---------------------------------------------------------------
 
     def send(self, message: dict[str, Any]) -> None:
@@ -102,6 +119,8 @@ class WebSocketPeer:
         self.close(code, text[:100])
 
     def _too_slow(self) -> None:
+        if self._counters is not None:
+            self._counters.too_slow.inc()
         message = error_message(
             "you fell too far behind; reconnect with lastSeq to resume",
             TRY_AGAIN_LATER,
@@ -125,7 +144,7 @@ class WebSocketPeer:
         while True:
             for event in self._events():
                 if isinstance(event, ws_events.Message):
-                    size += len(event.data)
+                    size += _byte_length(event.data)
                     if size > limit:
                         raise ProtocolError(
                             f"message larger than {limit} bytes", close_code=TOO_BIG
@@ -134,6 +153,7 @@ class WebSocketPeer:
                     if event.message_finished:
                         message = "".join(parts) if isinstance(event.data, str) else b"".join(parts)  # type: ignore[arg-type]
                         parts, size = [], 0
+                        self._count_in(message)
                         yield message
                 elif isinstance(event, ws_events.Ping):
                     self.conn.write(self._ws.send(event.response()))
@@ -154,8 +174,28 @@ class WebSocketPeer:
                 return
             self._ws.receive_data(data)
 
-    def _events(self) -> list[ws_events.Event]:
+    def _count_in(self, message: str | bytes) -> None:
+        counters = self._counters
+        if counters is None:
+            return
+        if isinstance(message, bytes) or _AUDIO_TYPE.search(message) is not None:
+            counters.audio_in.inc()
+        else:
+            counters.control_in.inc()
+
+    def _events(self) -> Iterator[ws_events.Event]:
+        # One at a time, so each event is answered in the state it left: a ping that
+        # came before the peer's close frame gets its pong.
         try:
-            return list(self._ws.events())
+            yield from self._ws.events()
         except (RemoteProtocolError, LocalProtocolError) as exc:
             raise ProtocolError(f"bad WebSocket data: {exc}", close_code=BAD_DATA) from None
+
+
+def _byte_length(data: str | bytes) -> int:
+    """Size on the wire: the limit is in bytes, and a text message's characters may
+    take up to four bytes each in UTF-8 (base64 audio is ASCII, so the common case
+    costs no encoding)."""
+    if isinstance(data, bytes) or data.isascii():
+        return len(data)
+    return len(data.encode("utf-8", "surrogatepass"))

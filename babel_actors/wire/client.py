@@ -11,7 +11,7 @@ import binascii
 import json
 import math
 import re
-from typing import Any
+from typing import Any, TypeGuard
 
 import attrs
 
@@ -21,7 +21,7 @@ from babel_actors.glossary import Glossary, parse_glossary
 BAD_REQUEST = 400
 """``error.code`` for a message that is refused while the connection goes on."""
 
-_LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
+_LANGUAGE = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*")
 
 
 @attrs.frozen
@@ -72,9 +72,13 @@ ClientMessage = Init | Audio | AudioEnd | Ping | ChangeLanguage
 
 
 def parse_text(text: str, *, max_sample_rate: int) -> ClientMessage:
-    """Parse one text message. Raises ``ProtocolError`` (code 400) on anything wrong."""
+    """Parse one text message. Raises ``ProtocolError`` (code 400) on anything wrong.
+
+    A field that is present must be valid: ``null`` is not the same as absent, and
+    the schema's informational fields are checked too, so what passes here is exactly
+    what validates against ``protocols/schemas``."""
     try:
-        data = json.loads(text)
+        data = loads_json(text)
     except (ValueError, RecursionError):
         # ValueError, not only JSONDecodeError: an integer literal past Python's
         # int-digit limit is valid JSON that json.loads refuses with a plain ValueError.
@@ -83,33 +87,29 @@ def parse_text(text: str, *, max_sample_rate: int) -> ClientMessage:
         raise ProtocolError("a message must be a JSON object")
     kind = data.get("type")
     if kind == "audio":
+        _check_informational(data)
         return Audio(decode_base64_pcm(data.get("audioData")))
     if kind == "init":
-        rate = data.get("sampleRate")
-        if rate is not None and not (
-            isinstance(rate, int) and not isinstance(rate, bool) and 8000 <= rate <= max_sample_rate
-        ):
-            raise ProtocolError(f"sampleRate must be an integer from 8000 to {max_sample_rate}")
         return Init(
             source_lang=_language(data, "sourceLang", required=False),
             target_lang=_language(data, "targetLang", required=False),
-            sample_rate=rate,
-            glossary=_glossary(data.get("glossary")),
+            sample_rate=_sample_rate(data, max_sample_rate),
+            glossary=_glossary(data),
         )
     if kind == "audio_end":
         return AudioEnd()
     if kind == "ping":
         stamp = data.get("timestamp")
-        if stamp is not None and not _is_finite_number(stamp):
+        if "timestamp" in data and not _is_number(stamp):
             raise ProtocolError("ping timestamp must be a number")
         return Ping(stamp)
     if kind == "change_language":
         lang = _language(data, "targetLang", required=True)
         assert lang is not None
         return ChangeLanguage(lang)
-    if kind is None:
+    if not isinstance(kind, str):
         raise ProtocolError("a message needs a string 'type'")
-    raise ProtocolError(f"unknown message type {str(kind)[:40]!r}")
+    raise ProtocolError(f"unknown message type {kind[:40]!r}")
 
 
 def parse_binary(data: bytes) -> Audio:
@@ -137,31 +137,67 @@ def encode_base64_pcm(pcm: bytes) -> str:
     return base64.b64encode(pcm).decode("ascii")
 
 
-def is_language(value: object) -> bool:
-    """Whether ``value`` looks like a language tag (``es``, ``pt-BR``)."""
-    return isinstance(value, str) and _LANGUAGE.match(value) is not None
+def is_language(value: object) -> TypeGuard[str]:
+    """Whether ``value`` looks like a language tag (``es``, ``pt-BR``, ``zh-Hant-TW``)."""
+    return isinstance(value, str) and _LANGUAGE.fullmatch(value) is not None
 
 
-def _is_finite_number(value: object) -> bool:
+def loads_json(text: str | bytes) -> Any:
+    """``json.loads`` for input from the network: NaN and Infinity, which Python reads
+    by default, are not JSON and raise ``ValueError`` like any other malformed text."""
+    return json.loads(text, parse_constant=_no_constant)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _is_number(value: object) -> bool:
     if isinstance(value, bool):
         return False
     return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
-def _glossary(value: object) -> Glossary | None:
-    if value is None:
+def _check_informational(data: dict[str, Any]) -> None:
+    """The audio fields the server does not use must still be what the schema says."""
+    if "streaming" in data and not isinstance(data["streaming"], bool):
+        raise ProtocolError("audio 'streaming' must be true or false")
+    for key in ("chunkIndex", "startMs", "endMs", "clientTimestamp"):
+        if key in data:
+            value = data[key]
+            whole = key == "chunkIndex"
+            if not _is_number(value) or value < 0 or (whole and not _is_whole(value)):
+                kind = "integer" if whole else "number"
+                raise ProtocolError(f"audio {key!r} must be a non-negative {kind}")
+
+
+def _is_whole(value: int | float) -> bool:
+    # JSON Schema's integer is a number with no fractional part: 24000.0 is one.
+    return isinstance(value, int) or value.is_integer()
+
+
+def _sample_rate(data: dict[str, Any], max_sample_rate: int) -> int | None:
+    if "sampleRate" not in data:
+        return None
+    rate = data["sampleRate"]
+    if not (_is_number(rate) and _is_whole(rate) and 8000 <= rate <= max_sample_rate):
+        raise ProtocolError(f"sampleRate must be an integer from 8000 to {max_sample_rate}")
+    return int(rate)
+
+
+def _glossary(data: dict[str, Any]) -> Glossary | None:
+    if "glossary" not in data:
         return None
     try:
-        return parse_glossary(value)
+        return parse_glossary(data["glossary"])
     except ValueError as exc:
         raise ProtocolError(str(exc)) from None
 
 
 def _language(data: dict[str, Any], key: str, *, required: bool) -> str | None:
-    value = data.get(key)
-    if value is None and not required:
+    if key not in data and not required:
         return None
+    value = data.get(key)
     if not is_language(value):
         raise ProtocolError(f"{key} must be a language code such as 'es'")
-    assert isinstance(value, str)
     return value
