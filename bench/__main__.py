@@ -10,7 +10,7 @@ from bench.server import BenchError
 
 
 def _parser() -> argparse.ArgumentParser:
-    from bench import e2e, fanout, ingest, sessions
+    from bench import e2e, fanout, faults, ingest, sessions
 
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     scenarios = parser.add_subparsers(dest="scenario", required=True)
@@ -30,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     ingest.add_arguments(
         scenarios.add_parser("ingest", help="server CPU per second of audio: base64 vs binary")
+    )
+    faults.add_arguments(
+        scenarios.add_parser(
+            "faults", help="a healthy session's latency beside one whose engine misbehaves"
+        )
     )
     plot = scenarios.add_parser("plot", help="PNG from reports (fanout, overhead, sessions)")
     plot.add_argument("reports", nargs="+", help="JSON reports")
@@ -65,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench import ingest
 
             ingest.run(args)
+        elif args.scenario == "faults":
+            from bench import faults
+
+            faults.run(args)
         elif args.scenario == "plot":
             from bench import plot
 

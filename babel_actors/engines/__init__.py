@@ -2,12 +2,21 @@
 
 Adapters are imported only when chosen, so a deployment on Google and OpenAI never
 loads Whisper, and the embedded engines never import a cloud SDK.
+
+The external engines (``google``, ``openai``) come behind a circuit breaker when
+``breaker_failures`` is above 0 (``engines.breaker``). The embedded ones do not: they
+run on this machine, so there is no remote outage to stop waiting on and no provider to
+spare; their failures are local and fast (a decode error, an Apertium pipeline that
+died and is restarted on the next call, which ``translate_timeout_s`` bounds), and an
+open circuit would only turn the next good answer into flagged source text. The test
+engines never fail.
 """
 
 from __future__ import annotations
 
 from babel_actors.config import Config
 from babel_actors.engines.base import SpeechToText, Translator
+from babel_actors.engines.breaker import BreakerSpeechToText, BreakerTranslator
 from babel_actors.errors import ConfigError
 
 STT_ENGINES = ("whisper", "google", "scripted")
@@ -23,7 +32,12 @@ def make_stt(config: Config) -> SpeechToText:
     if config.stt == "google":
         from babel_actors.engines.google import GoogleSpeechToText
 
-        return GoogleSpeechToText(config)
+        google = GoogleSpeechToText(config)
+        if config.breaker_failures > 0:
+            return BreakerSpeechToText(
+                google, failures=config.breaker_failures, reset_s=config.breaker_reset_s
+            )
+        return google
     if config.stt == "scripted":
         from babel_actors.engines.scripted import (
             DEFAULT_SCRIPT,
@@ -45,7 +59,12 @@ def make_mt(config: Config) -> Translator:
     if config.mt == "openai":
         from babel_actors.engines.openai import OpenAITranslator
 
-        return OpenAITranslator(config)
+        openai = OpenAITranslator(config)
+        if config.breaker_failures > 0:
+            return BreakerTranslator(
+                openai, failures=config.breaker_failures, reset_s=config.breaker_reset_s
+            )
+        return openai
     if config.mt == "echo":
         from babel_actors.engines.echo import EchoTranslator
 
