@@ -13,12 +13,12 @@ from collections.abc import Mapping
 import attrs
 
 MAX_ENTRIES = 500
-"""Terms plus kept words one glossary may hold (the schema's limit)."""
+"""Most terms, and most kept words, one glossary may hold (the schema's limits)."""
 MAX_PHRASE_CHARS = 100
 """Longest source term, translation or kept word (the schema's limit; Google's own
 phrase hints stop at 100 characters too)."""
 
-_LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+_LANGUAGE = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*")
 
 
 @attrs.frozen
@@ -92,14 +92,17 @@ def parse_glossary(value: object) -> Glossary:
     """
     if not isinstance(value, Mapping):
         raise ValueError("glossary must be an object with 'terms' and/or 'keep'")
+    unknown = sorted(str(key)[:40] for key in value if key not in ("terms", "keep"))
+    if unknown:
+        raise ValueError(f"glossary has unknown fields {unknown}; it holds 'terms' and 'keep'")
     terms = value.get("terms", {})
     keep = value.get("keep", [])
     if not isinstance(terms, Mapping):
         raise ValueError("glossary.terms must map source phrases to translations")
     if not isinstance(keep, list):
         raise ValueError("glossary.keep must be a list of words")
-    if len(terms) + len(keep) > MAX_ENTRIES:
-        raise ValueError(f"a glossary holds at most {MAX_ENTRIES} terms and words")
+    if len(terms) > MAX_ENTRIES or len(keep) > MAX_ENTRIES:
+        raise ValueError(f"glossary.terms and glossary.keep hold at most {MAX_ENTRIES} each")
     parsed = tuple(_term(source, rendering) for source, rendering in terms.items())
     kept = tuple(dict.fromkeys(_phrase(word, "glossary.keep entries") for word in keep))
     return Glossary(terms=parsed, keep=kept)
@@ -116,7 +119,7 @@ def _term(source: object, rendering: object) -> Term:
         )
     by_target = []
     for language, text in rendering.items():
-        if not isinstance(language, str) or not _LANGUAGE.match(language):
+        if not isinstance(language, str) or not _LANGUAGE.fullmatch(language):
             raise ValueError(f"glossary.terms[{phrase!r}]: {language!r} is not a language")
         by_target.append((language, _phrase(text, f"the translation of {phrase!r}")))
     return Term(phrase, None, tuple(by_target))
@@ -124,8 +127,7 @@ def _term(source: object, rendering: object) -> Term:
 
 def _phrase(value: object, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{what} must be non-empty strings")
-    text = " ".join(value.split())
-    if len(text) > MAX_PHRASE_CHARS:
+        raise ValueError(f"{what} must be strings with a word in them")
+    if len(value) > MAX_PHRASE_CHARS:
         raise ValueError(f"{what} must be at most {MAX_PHRASE_CHARS} characters")
-    return text
+    return " ".join(value.split())

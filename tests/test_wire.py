@@ -179,6 +179,8 @@ def test_messages_with_any_fields_parse_or_are_refused(message: dict[str, Any]) 
             Init("en", "es", 48000),
         ),
         ('{"type": "init"}', Init(None, None, None)),
+        ('{"type": "init", "sampleRate": 24000.0}', Init(None, None, 24000)),
+        ('{"type": "change_language", "targetLang": "zh-Hant-TW"}', ChangeLanguage("zh-Hant-TW")),
     ],
 )
 def test_well_formed_messages(text: str, expected: object) -> None:
@@ -197,6 +199,21 @@ def test_well_formed_messages(text: str, expected: object) -> None:
         ('{"type": "init", "targetLang": 5}', "targetLang"),
         ('{"type": "change_language"}', "targetLang"),
         ('{"type": "ping", "timestamp": "soon"}', "timestamp"),
+        # Present is not absent: null is a wrong value, as the schemas say.
+        ('{"type": "init", "sourceLang": null}', "sourceLang"),
+        ('{"type": "init", "sampleRate": null}', "sampleRate"),
+        ('{"type": "init", "glossary": null}', "glossary must be an object"),
+        ('{"type": "ping", "timestamp": null}', "timestamp"),
+        ('{"type": "init", "sampleRate": 24000.5}', "sampleRate"),
+        ('{"type": "change_language", "targetLang": "es\\n"}', "targetLang"),
+        # NaN and Infinity are not JSON, though Python reads them.
+        ('{"type": "ping", "timestamp": NaN}', "malformed JSON"),
+        ('{"type": "ping", "timestamp": -Infinity}', "malformed JSON"),
+        # The audio fields the server ignores must still be what the schema says.
+        ('{"type": "audio", "audioData": "AAAA", "chunkIndex": -1}', "chunkIndex"),
+        ('{"type": "audio", "audioData": "AAAA", "chunkIndex": 1.5}', "chunkIndex"),
+        ('{"type": "audio", "audioData": "AAAA", "streaming": "yes"}', "streaming"),
+        ('{"type": "audio", "audioData": "AAAA", "clientTimestamp": "now"}', "clientTimestamp"),
     ],
 )
 def test_malformed_messages_say_what_is_wrong(text: str, says: str) -> None:
