@@ -51,6 +51,9 @@ from babel_actors.wire.server import (
 log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = 1011
+NORMAL_CLOSURE = 1000
+_CLOSE_CODES = {"shutdown": 1001, "error": INTERNAL_ERROR}
+"""Close codes of ``session_ended`` reasons that are not a normal closure."""
 SERVICE_UNAVAILABLE = 503
 """``error.code`` when the speech engine fails for a while: the session goes on."""
 
@@ -232,7 +235,7 @@ class Session:
             host.send_notice(message, message_frame(message))
             self.metrics.notified(1)
 
-    def notify_error(self, text: str, code: int = INTERNAL_ERROR) -> None:
+    def notify_error(self, text: str, code: int) -> None:
         """Tell every member about a problem that does not end the session."""
         message = error_message(text, code)
         frame = message_frame(message)
@@ -259,8 +262,8 @@ class Session:
     # --- lifecycle -------------------------------------------------------------
 
     def end(self, reason: str, message: str) -> None:
-        """End the session: members get ``session_ended`` and are closed; the pipeline
-        is cancelled. Idempotent."""
+        """End the session: members get ``session_ended`` and are closed (1000; 1001
+        for a shutdown, 1011 for a crash); the pipeline is cancelled. Idempotent."""
         if self.ended.is_set():
             return
         self.end_reason = reason
@@ -269,7 +272,7 @@ class Session:
         frame = message_frame(ended)
         for member in self.audience.members():
             member.send_notice(ended, frame)
-            member.close(1001 if reason == "shutdown" else 1000, "session ended")
+            member.close(_CLOSE_CODES.get(reason, NORMAL_CLOSURE), "session ended")
         self.metrics.notified(self.audience.people())
         self._cancel_scope.cancel()
         log.info("session %s ended: %s", self.id, reason, extra={"session_id": self.id})
@@ -279,8 +282,8 @@ class Session:
 
         Cancellation: ``end`` cancels it; so does cancelling the caller's scope.
         Error handling: a crash in any actor is contained here: it is logged with the
-        session id, members get an ``error`` and ``session_ended``; no other session is
-        touched.
+        session id, members get ``session_ended`` (reason ``error``) and a 1011 close;
+        no other session is touched.
         """
         logs.bind_session(self.id)
         config = self.config
@@ -350,7 +353,6 @@ class Session:
                     task_status.started()
         except Exception:
             log.exception("session %s crashed", self.id, extra={"session_id": self.id})
-            self.notify_error("the session failed on the server", INTERNAL_ERROR)
             self.end("error", "The session ended because of a server error.")
         finally:
             self.end("ended", "The session has ended.")

@@ -26,6 +26,8 @@ SCENARIOS: dict[str, list[str]] = {
     "sessions": ["--hosts", "3", "--duration", "4", "--bucket-s", "1"],
     "ingest": ["--hosts", "2", "--audio-s", "10", "--idle-s", "0.2"],
     "e2e": ["--sentences", "1", "--warmup", "0", "--gap-s", "1.0", "--settle-s", "4"],
+    "faults": ["--duration", "2", "--faults", "hang,error", "--engines", "mt,stt",
+               "--settle-s", "0.5"],
 }  # fmt: skip
 PERCENTILES = {"n", "p50", "p95", "p99", "max", "mean"}
 
@@ -138,6 +140,19 @@ def test_e2e_report(reports: dict[str, Any]) -> None:
     assert len(run["sentences"]) == 1
     assert {"final_transcript", "translated_final", "first_partial"} == set(run["latency_ms"])
     assert {"final_ms", "translated_ms", "first_partial_ms", "wer"} <= set(run["sentences"][0])
+
+
+def test_faults_report_shows_the_healthy_session_whole(reports: dict[str, Any]) -> None:
+    report = _report(reports, "faults")
+    cases = [(run["engine"], run["fault"]) for run in report["runs"]]
+    assert cases[0] == (None, None)  # alone, then each fault in each engine
+    assert {("mt", "hang"), ("mt", "error"), ("stt", "hang"), ("stt", "error")} <= set(cases)
+    for run in report["runs"]:
+        finals = run["finals"]
+        assert finals["expected"] > 0 and finals["lost"] == 0, (run["case"], finals)
+        assert finals["duplicates"] == 0 and finals["out_of_order"] == 0, (run["case"], finals)
+        assert PERCENTILES <= set(run["latency_ms"]["final"]["socket"])
+    assert all(item["met"] for item in report["targets"]), report["targets"]
 
 
 def test_plot_draws_fanout_and_sessions(reports: dict[str, Any]) -> None:
