@@ -665,3 +665,193 @@ async def test_refused_microphone_lost_host_and_server_shutdown_are_shown(
 
     assert got["errors"] == []
     assert all(shot.stat().st_size > 10_000 for shot in got["shots"])
+
+
+# --- API keys ---------------------------------------------------------------------------
+
+API_KEY = "web-client-key-7"
+API_KEYS = f"other-key-1,{API_KEY}"
+SAVED_KEY = "babel.apiKey"
+
+
+def saved_key(page: Any) -> str | None:
+    key: str | None = page.evaluate(f"() => localStorage.getItem('{SAVED_KEY}')")
+    return key
+
+
+def watch_console(page: Any, lines: list[str]) -> None:
+    page.on("console", lambda message: lines.append(message.text))
+
+
+def wait_for_console(page: Any) -> str:
+    """Wait for a host ``page`` to reach its live console; return the session code."""
+    page.wait_for_function(
+        "() => /^[A-Z0-9]{6}$/.test(document.querySelector('[data-code]').textContent)"
+    )
+    page.locator('[data-status][data-state="live"]').wait_for()
+    code: str = page.locator("[data-code]").text_content()
+    return code
+
+
+async def test_the_host_page_asks_for_an_api_key_and_remembers_it(speech_wav: Path) -> None:
+    def scenario(browser: Any) -> dict[str, Any]:
+        host = Tab(browser, url, DESKTOP)
+        console: list[str] = []
+        starts: list[str | None] = []
+
+        def record_start(request: Any) -> None:
+            if request.method == "POST" and request.url.endswith("/session/start"):
+                starts.append(request.headers.get("x-api-key"))
+
+        def watch(page: Any) -> None:
+            watch_console(page, console)
+            page.on("pageerror", lambda error: host.errors.append(str(error)))
+            page.on("request", record_start)
+
+        watch(host.page)
+        page = host.open("/host.html")
+        page.locator("[data-source-lang] option[value=en]").wait_for(state="attached")
+        # No key field in the way until the server asks for one.
+        assert page.locator("[data-key-field]").is_hidden()
+        assert page.locator("[data-key-saved]").is_hidden()
+        page.click("[data-start-session]")
+        page.locator("[data-setup-error]", has_text="needs an API key").wait_for()
+        host.wait_for_state("error")
+        field = page.get_by_label("API key", exact=True)
+        assert field.is_visible() and field.get_attribute("type") == "password"
+        assert page.evaluate("() => document.activeElement.id") == "api-key"
+        shots = [host.screenshot("host-phone-api-key", PHONE)]
+
+        field.fill("wrong-key")
+        field.press("Enter")
+        page.locator("[data-setup-error]", has_text="not accepted").wait_for()
+        assert field.get_attribute("aria-invalid") == "true"
+        assert page.locator("[data-live-view]").is_hidden()
+        assert saved_key(page) is None
+
+        field.fill(API_KEY)
+        page.click("[data-start-session]")
+        first_code = wait_for_console(page)
+        assert saved_key(page) == API_KEY
+        first_url = page.url
+
+        # Next time the saved key is sent at once; "Forget it" offers the field again.
+        again = host.context.new_page()
+        watch(again)
+        again.goto(url + "/host.html")
+        again.locator("[data-key-saved]").wait_for()
+        assert again.locator("[data-key-field]").is_hidden()
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shots.append(SCREENSHOTS / "host-desktop-api-key-saved.png")
+        again.screenshot(path=str(shots[-1]))
+        again.click("[data-forget-key]")
+        assert saved_key(again) is None
+        assert again.locator("[data-key-saved]").is_hidden()
+        again.get_by_label("API key", exact=True).fill(API_KEY)
+        again.get_by_label("API key", exact=True).press("Enter")
+        wait_for_console(again)
+
+        third = host.context.new_page()
+        watch(third)
+        third.goto(url + "/host.html")
+        third.locator("[data-key-saved]").wait_for()
+        third.click("[data-start-session]")
+        wait_for_console(third)
+        assert third.locator("[data-key-field]").is_hidden()
+
+        # A saved key the server no longer takes is dropped, and the field asks anew.
+        stale = host.context.new_page()
+        watch(stale)
+        stale.goto(url + "/host.html")
+        stale.evaluate(f"() => localStorage.setItem('{SAVED_KEY}', 'revoked-key')")
+        stale.reload()
+        stale.locator("[data-key-saved]").wait_for()
+        stale.click("[data-start-session]")
+        stale.locator("[data-setup-error]", has_text="saved API key was not accepted").wait_for()
+        assert saved_key(stale) is None
+        assert stale.get_by_label("API key", exact=True).is_visible()
+        return {
+            "starts": starts,
+            "code": first_code,
+            "urls": [first_url, again.url, third.url, stale.url],
+            "console": console,
+            "errors": host.errors,
+            "shots": shots,
+        }
+
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with running_server(Config(port=0, api_keys=API_KEYS)) as server:
+            url = server.url
+            got = await in_browser(speech_wav, scenario)
+            assert server.registry.find(got["code"]) is not None
+
+    assert got["errors"] == []
+    assert got["starts"] == [None, "wrong-key", API_KEY, API_KEY, API_KEY, "revoked-key"]
+    assert not any(API_KEY in text for text in got["urls"] + got["console"])
+    assert all(shot.stat().st_size > 10_000 for shot in got["shots"])
+
+
+async def test_the_solo_page_sends_its_api_key_in_the_socket_query(speech_wav: Path) -> None:
+    def scenario(browser: Any) -> dict[str, Any]:
+        solo = Tab(browser, url, PHONE, is_mobile=True, has_touch=True)
+        page = solo.page
+        console: list[str] = []
+        watch_console(page, console)
+        sockets: list[str] = []
+        page.on("websocket", lambda ws: sockets.append(ws.url))
+        solo.open("/solo.html")
+        page.locator("[data-target] option[value=es]").wait_for(state="attached")
+        page.select_option("[data-target]", "es")
+        assert page.locator("[data-key-field]").is_hidden()
+        page.click("[data-mic]")
+        page.locator("[data-error]", has_text="needs an API key").wait_for()
+        solo.wait_for_state("error")
+        assert page.get_attribute("[data-mic]", "aria-pressed") == "false"
+        field = page.get_by_label("API key", exact=True)
+        assert field.get_attribute("type") == "password"
+        assert page.evaluate("() => document.activeElement.id") == "api-key"
+        shots = [solo.screenshot("solo-phone-api-key", PHONE)]
+
+        field.fill("wrong-key")
+        page.click("[data-key-form] button[type=submit]")
+        page.locator("[data-error]", has_text="not accepted").wait_for()
+        assert saved_key(page) is None
+
+        field.fill(API_KEY)
+        field.press("Enter")
+        solo.wait_for_state("live")
+        assert page.get_attribute("[data-mic]", "aria-pressed") == "true"
+        assert page.locator("[data-key-field]").is_hidden()
+        assert saved_key(page) == API_KEY
+        page.click("[data-mic]")
+
+        # Next time the saved key goes with the first connection.
+        page.reload()
+        page.locator("[data-key-saved]").wait_for()
+        page.locator("[data-target] option[value=es]").wait_for(state="attached")
+        page.click("[data-mic]")
+        solo.wait_for_state("live")
+        return {
+            "sockets": sockets,
+            "url": page.url,
+            "console": console,
+            "errors": solo.errors,
+            "shots": shots,
+        }
+
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with running_server(Config(port=0, api_keys=API_KEYS)) as server:
+            url = server.url
+            got = await in_browser(speech_wav, scenario)
+
+    assert got["errors"] == []
+    keys = [re.search(r"[?&]apiKey=([^&]*)", socket_url) for socket_url in got["sockets"]]
+    assert [found and found.group(1) for found in keys] == [
+        None,
+        "wrong-key",
+        API_KEY,
+        API_KEY,
+    ]
+    assert all("targetLang=es" in socket_url for socket_url in got["sockets"])
+    assert API_KEY not in got["url"] and not any(API_KEY in text for text in got["console"])
+    assert all(shot.stat().st_size > 10_000 for shot in got["shots"])

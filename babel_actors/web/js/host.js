@@ -1,6 +1,7 @@
 // The host page: start a session, show its code, QR code and link, stream the
 // microphone, show the transcript and who is listening in which language.
 
+import { KeyField, UNAUTHORIZED } from "./apikey.js";
 import { CaptionView } from "./captions.js";
 import { Microphone } from "./capture.js";
 import { fillLanguageSelect, nativeName, preferredLanguage } from "./languages.js";
@@ -21,6 +22,7 @@ setUpPrefs();
 
 const sourceSelect = $("[data-source-lang]");
 const startButton = $("[data-start-session]");
+const keyField = new KeyField();
 const setupError = $("[data-setup-error]");
 const liveError = $("[data-live-error]");
 const micButton = $("[data-mic]");
@@ -78,11 +80,13 @@ async function setUp() {
   }
 }
 
-startButton.addEventListener("click", async () => {
+$("[data-start-form]").addEventListener("submit", async (event) => {
+  event.preventDefault();
   startButton.disabled = true;
   showAlert(setupError, "");
   try {
-    const started = await api.startSession(sourceSelect.value || undefined);
+    const started = await api.startSession(sourceSelect.value || undefined, keyField.current());
+    keyField.accepted();
     session = {
       sessionId: started.sessionId,
       sessionCode: started.sessionCode,
@@ -92,8 +96,13 @@ startButton.addEventListener("click", async () => {
     storeSession(session);
     enterConsole();
   } catch (error) {
-    showAlert(setupError, error.message);
-    setStatus("error", error.unreachable ? "Server unreachable" : "Problem");
+    if (error.status === UNAUTHORIZED) {
+      showAlert(setupError, keyField.refused());
+      setStatus("error", "API key needed");
+    } else {
+      showAlert(setupError, error.message);
+      setStatus("error", error.unreachable ? "Server unreachable" : "Problem");
+    }
   } finally {
     startButton.disabled = false;
   }

@@ -28,14 +28,14 @@ export class ApiError extends Error {
   }
 }
 
-async function request(method, path, body) {
+async function request(method, path, body, headers = {}) {
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(), REQUEST_TIMEOUT_MS);
   let response;
   try {
     response = await fetch(serverOrigin() + path, {
       method,
-      headers: body === undefined ? {} : { "content-type": "application/json" },
+      headers: body === undefined ? headers : { ...headers, "content-type": "application/json" },
       body: body === undefined ? undefined : JSON.stringify(body),
       signal: controller.signal,
       cache: "no-store",
@@ -60,7 +60,9 @@ async function request(method, path, body) {
 
 export const api = {
   health: () => request("GET", "/health"),
-  startSession: (sourceLang) => request("POST", "/session/start", { sourceLang }),
+  /** `apiKey` (sent as X-API-Key) when the server asks for one (BABEL_API_KEYS). */
+  startSession: (sourceLang, apiKey) =>
+    request("POST", "/session/start", { sourceLang }, apiKey ? { "x-api-key": apiKey } : {}),
   joinSession: (sessionCode, targetLang, userName) =>
     request("POST", "/session/join", { sessionCode, targetLang, userName: userName || undefined }),
   sessionInfo: (code) => request("GET", `/session/${encodeURIComponent(code)}/info`),

@@ -1,6 +1,7 @@
 // The solo page: speak in one language, read yourself in another. A solo connection
 // is a private session; after a drop the page opens a new one and carries on.
 
+import { KeyField, UNAUTHORIZED } from "./apikey.js";
 import { CaptionView } from "./captions.js";
 import { Microphone } from "./capture.js";
 import { fillLanguageSelect, nativeName, preferredLanguage } from "./languages.js";
@@ -23,6 +24,7 @@ const micNote = $("[data-mic-note]");
 const meter = $("[data-meter]");
 const meterFill = $("[data-meter-fill]");
 const errorBox = $("[data-error]");
+const keyField = new KeyField();
 
 let offer = null;
 let socket = null;
@@ -70,9 +72,17 @@ function sendInit() {
   if (sent) initSentOn = socket.ws;
 }
 
+/** The solo socket's path; a key rides in the query, as a browser cannot set headers. */
+function soloPath() {
+  const query = new URLSearchParams({ targetLang: targetSelect.value });
+  const key = keyField.current();
+  if (key) query.set("apiKey", key);
+  return `/translate?${query}`;
+}
+
 function connect() {
   socket = new LiveSocket({
-    url: () => socketUrl(`/translate?targetLang=${encodeURIComponent(targetSelect.value)}`),
+    url: () => socketUrl(soloPath()),
     onOpen: () => {
       initSentOn = null;
       sendInit();
@@ -81,10 +91,13 @@ function connect() {
       if (message.type === "session_ready") {
         if (sessionId !== null && message.sessionId !== sessionId) view.store.restartNumbering();
         sessionId = message.sessionId;
+        keyField.accepted();
         setStatus("live", microphone.running ? "Listening" : "Ready");
         showAlert(errorBox, "");
       } else if (message.type === "translation") {
         view.take(message);
+      } else if (message.type === "error" && message.status === UNAUTHORIZED) {
+        refused();
       } else if (message.type === "error") {
         showAlert(errorBox, message.message, message.closing ? "error" : "warn");
       }
@@ -95,6 +108,16 @@ function connect() {
     },
   });
   socket.start();
+}
+
+/** The server wants a (different) key: stop, and ask for one. */
+function refused() {
+  socket.stop();
+  socket = null;
+  microphone.stop();
+  updateMic();
+  setStatus("error", "API key needed");
+  showAlert(errorBox, keyField.refused());
 }
 
 function updateMic() {
@@ -115,11 +138,7 @@ function stop(note) {
   if (note) showAlert(errorBox, note);
 }
 
-micButton.addEventListener("click", async () => {
-  if (microphone.running) {
-    stop();
-    return;
-  }
+async function startSpeaking() {
   micButton.disabled = true;
   showAlert(errorBox, "");
   try {
@@ -132,6 +151,17 @@ micButton.addEventListener("click", async () => {
     micButton.disabled = false;
     updateMic();
   }
+}
+
+micButton.addEventListener("click", () => {
+  if (microphone.running) stop();
+  else startSpeaking();
+});
+
+$("[data-key-form]").addEventListener("submit", (event) => {
+  event.preventDefault();
+  if (!microphone.running) startSpeaking();
+  else if (socket) socket.reconnect();
 });
 
 sourceSelect.addEventListener("change", () => {
