@@ -13,6 +13,19 @@ from typing import Any
 import attrs
 
 from babel_actors.errors import ConfigError
+from babel_actors.server.access import TrustedProxies
+
+
+def _proxy_setting(value: str | bool) -> str:
+    """``trust_proxy`` as text (True is ``1``), checked: ``ConfigError`` when malformed."""
+    text = ("1" if value else "") if isinstance(value, bool) else value
+    try:
+        TrustedProxies.from_setting(text)
+    except ValueError:
+        raise ConfigError(
+            f"BABEL_TRUST_PROXY={text!r} is not 1, 0, or a list of addresses and CIDRs"
+        ) from None
+    return text
 
 
 @attrs.frozen(kw_only=True)
@@ -44,9 +57,12 @@ class Config:
     """Comma-separated browser origins (``https://captions.example.org``) allowed by
     CORS and on the WebSocket; ``*`` allows any. Clients that send no ``Origin``
     (not browsers) are not affected (``BABEL_ALLOWED_ORIGINS``)."""
-    trust_proxy: bool = False
-    """Take the client's address from ``X-Real-IP`` / the last ``X-Forwarded-For`` hop,
-    as set by the reverse proxy in front (per-client limits); only behind a proxy."""
+    trust_proxy: str = attrs.field(default="", converter=_proxy_setting)
+    """The reverse proxies whose ``X-Real-IP`` / last ``X-Forwarded-For`` hop name the
+    client (per-client limits): ``1`` (or True) for a proxy on this machine (loopback
+    peers only), or a comma-separated list of addresses and CIDRs (``10.0.0.0/8``);
+    empty (or ``0``) trusts none. Those headers from any other peer are ignored
+    (``BABEL_TRUST_PROXY``)."""
     join_attempts: int = 20
     """Failed joins (unknown code or session) one client may make per ``join_window_s``;
     past them every join is refused with 429 until the window passes (0: no limit)."""

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import httpx
+import trio
+import trio.testing
 import trio_websocket
 from protocol_schemas import validate_http, validate_server_message
 
-from babel_actors.server.app import Server
-from babel_actors.testing import ProtocolClient
+from babel_actors.config import Config
+from babel_actors.engines.base import SpeechToText
+from babel_actors.server.app import Server, serve
+from babel_actors.store import MemoryStore, SessionRecord, StoreUnavailable
+from babel_actors.testing import EchoTranslator, ProtocolClient
 
 
 async def post(
@@ -89,3 +95,66 @@ async def refusals(server: Server) -> dict[str, float]:
             labels, value = line.rsplit(" ", 1)
             counts[labels.split('"')[1]] = float(value)
     return counts
+
+
+class GatedStore(MemoryStore):
+    """A shared in-process store (sessions served as a cluster node serves them) whose
+    look-ups by code and creations wait at ``gate``: held shut (``hold``), it keeps
+    every request that reaches the store in flight at once, so a test can see what a
+    check admitted before the store answered."""
+
+    def __init__(self) -> None:
+        super().__init__(shared=True)
+        self.gate = trio.Event()
+        self.gate.set()
+        self.unavailable = False
+        """Creations raise ``StoreUnavailable`` while set."""
+
+    def hold(self) -> trio.Event:
+        """Shut the gate; set the returned event to open it."""
+        self.gate = trio.Event()
+        return self.gate
+
+    async def create(self, record: SessionRecord) -> bool:
+        await self.gate.wait()
+        if self.unavailable:
+            raise StoreUnavailable("the test made the store unavailable")
+        return await super().create(record)
+
+    async def resolve(self, code: str) -> str | None:
+        await self.gate.wait()
+        return await super().resolve(code)
+
+
+@asynccontextmanager
+async def running_server_on(
+    store: MemoryStore, config: Config, stt: SpeechToText
+) -> AsyncIterator[Server]:
+    """``testing.running_server`` with its sessions in ``store``."""
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(
+            partial(serve, config, stt, EchoTranslator(), store=store)
+        )
+        try:
+            yield server
+        finally:
+            server.shutdown()
+
+
+async def all_at_once(
+    store: GatedStore, calls: Sequence[Callable[[], Awaitable[httpx.Response]]]
+) -> list[httpx.Response]:
+    """Run ``calls`` concurrently with the store's gate shut; once each is answered
+    or waits in the store (every task is blocked), open it. Their responses, as they came."""
+    responses: list[httpx.Response] = []
+    gate = store.hold()
+
+    async def call(index: int) -> None:
+        responses.append(await calls[index]())
+
+    async with trio.open_nursery() as nursery:
+        for index in range(len(calls)):
+            nursery.start_soon(call, index)
+        await trio.testing.wait_all_tasks_blocked()
+        gate.set()
+    return responses

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hmac
 import json
 import uuid
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -19,18 +21,33 @@ import trio
 import trio_websocket
 from bystander import bystander, closed_with, config, reply, scripted
 from helpers import (
+    GatedStore,
+    all_at_once,
     connect_with,
     get,
     listener_path,
     post,
     refusals,
+    running_server_on,
     start_session,
 )
 from protocol_schemas import validate_http
+from test_deploy import Cert, needs_nginx, running_nginx
+from test_deploy import cert as cert  # the fixture
 from trio.testing import MockClock
 
+from babel_actors.config import Config
+from babel_actors.errors import ConfigError
 from babel_actors.server import access
-from babel_actors.server.access import KeyRing, OriginPolicy, client_address, limit_key
+from babel_actors.server import guard as guard_module
+from babel_actors.server.access import (
+    KeyRing,
+    OriginPolicy,
+    TrustedProxies,
+    client_address,
+    limit_key,
+    wide_limit_key,
+)
 from babel_actors.server.app import Server
 from babel_actors.testing import connect, running_server
 
@@ -260,6 +277,90 @@ async def test_failed_socket_joins_lock_out_hosts_and_listeners_too() -> None:
                 assert status == 200
 
 
+async def test_concurrent_guesses_are_counted_before_their_lookups_answer() -> None:
+    attempts = 3
+    settings = attrs.evolve(config(), trust_proxy=True, join_attempts=attempts)
+    store = GatedStore()
+    with trio.fail_after(TIMEOUT_S):
+        async with running_server_on(store, settings, scripted()) as server:
+            session = await start_session(server)
+            # A join that finds its session is no failure: any number succeed.
+            for _ in range(2 * attempts):
+                status, _ = await post(
+                    server,
+                    "/session/join",
+                    {"sessionCode": session["sessionCode"]},
+                    headers=GUESSER,
+                )
+                assert status == 200
+            guesses = [
+                partial(request, server, "POST", "/session/join", GUESSER, json={"sessionCode": c})
+                for c in wrong_codes(4 * attempts)
+            ]
+            # Every guess passes the first check, in flight before the store answers.
+            responses = await all_at_once(store, guesses)
+            for response in responses:
+                validate_http("/session/join", "post", response.status_code, response.json())
+            statuses = sorted(r.status_code for r in responses)
+            assert statuses == [404] * attempts + [429] * (3 * attempts)
+            assert (await refusals(server))["join_attempts"] == 3 * attempts
+
+
+async def test_an_ipv6_client_hopping_between_its_slash_64s_is_shut_out_by_its_slash_48() -> None:
+    settings = attrs.evolve(config(), trust_proxy=True, join_attempts=2)
+    per_48 = guard_module.WIDE_JOIN_FACTOR * settings.join_attempts
+
+    async def guess(address: str) -> int:
+        headers = {"X-Real-IP": address}
+        status, _ = await post(server, "/session/join", {"sessionCode": "ZZZ000"}, headers=headers)
+        return status
+
+    with trio.fail_after(TIMEOUT_S):
+        async with running_server(settings, stt=scripted()) as server, bystander(server) as by:
+            for n in range(per_48 // settings.join_attempts):
+                for _ in range(settings.join_attempts):
+                    assert await guess(f"2001:db8:aa:{n:x}::1") == 404
+            assert await guess("2001:db8:aa:ffff::1") == 429, "a fresh /64 of that /48"
+            assert await guess("2001:db8:bb::1") == 404, "another /48"
+            assert await guess("203.0.113.7") == 404
+            await by.speak()
+    assert wide_limit_key("2001:db8:aa:ffff::1") == "2001:db8:aa::/48"
+    assert wide_limit_key("203.0.113.7") is None
+    assert wide_limit_key("::ffff:203.0.113.7") is None
+
+
+async def test_a_full_join_table_shuts_out_new_clients_rather_than_forget_old_ones(
+    clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(guard_module, "JOIN_CLIENTS", 3)
+    settings = attrs.evolve(config(), trust_proxy=True, join_attempts=2, join_window_s=600)
+
+    async def join(n: int, code: str) -> int:
+        headers = {"X-Real-IP": f"203.0.113.{n}"}
+        status, _ = await post(server, "/session/join", {"sessionCode": code}, headers=headers)
+        return status
+
+    with trio.fail_after(TIMEOUT_S + settings.join_window_s):
+        async with running_server(settings, stt=scripted()) as server, bystander(server) as by:
+            code = (await start_session(server))["sessionCode"]
+            wrong = wrong_codes(1)[0]
+            for n in (1, 2, 3):
+                assert await join(n, wrong) == 404  # the table is full now
+            for n in (4, 5):
+                assert await join(n, wrong) == 404  # counted together
+            assert await join(6, code) == 429, "new clients share the full overflow window"
+            assert await join(1, wrong) == 404, "a client in the table keeps its own budget"
+            assert await join(1, code) == 429
+            await by.speak()
+
+            # The window passes: the table empties, and new clients may join again.
+            await by.caught_up()
+            await trio.testing.wait_all_tasks_blocked()
+            clock.jump(settings.join_window_s)
+            assert await join(6, code) == 200
+            assert await join(1, code) == 200
+
+
 # --- the client's address -----------------------------------------------------------------
 
 
@@ -273,6 +374,48 @@ def test_the_client_address_comes_from_the_proxy_only_when_trusted() -> None:
     assert client_address("127.0.0.1", garbage, trust_proxy=True) == "127.0.0.1"
     v6 = {"x-real-ip": " 2001:DB8::7 "}
     assert client_address("127.0.0.1", v6, trust_proxy=True) == "2001:db8::7"
+
+
+def test_proxies_are_trusted_by_the_peers_address() -> None:
+    local = TrustedProxies.from_setting("1")
+    assert local.trusts("127.0.0.1") and local.trusts("::1") and local.trusts("::ffff:127.0.0.1")
+    assert not local.trusts("10.0.0.1") and not local.trusts("2001:db8::1")
+    listed = TrustedProxies.from_setting("10.0.0.0/8, 192.0.2.7 ,2001:db8::/32")
+    assert listed.trusts("10.200.0.1") and listed.trusts("192.0.2.7")
+    assert listed.trusts("2001:db8:5::1")
+    assert not listed.trusts("192.0.2.8") and not listed.trusts("127.0.0.1")
+    assert not listed.trusts("not an address")
+    for off in ("", " ", "0", "off"):
+        assert not TrustedProxies.from_setting(off)
+    with pytest.raises(ValueError):
+        TrustedProxies.from_setting("10.0.0.0/33")
+
+    assert Config.from_env({"BABEL_TRUST_PROXY": "1"}).trust_proxy == "1"
+    listing = Config.from_env({"BABEL_TRUST_PROXY": "10.0.0.0/8,::1"}).trust_proxy
+    assert listing == "10.0.0.0/8,::1"
+    assert Config(trust_proxy=True).trust_proxy == "1" and Config().trust_proxy == ""
+    with pytest.raises(ConfigError, match="BABEL_TRUST_PROXY"):
+        Config.from_env({"BABEL_TRUST_PROXY": "proxy.example.org"})
+
+
+async def test_proxy_headers_from_a_peer_that_is_not_a_trusted_proxy_are_ignored() -> None:
+    # The test's client is 127.0.0.1, which this list does not name.
+    settings = attrs.evolve(config(), trust_proxy="10.0.0.0/8, 192.0.2.1", join_attempts=2)
+    with trio.fail_after(TIMEOUT_S):
+        async with running_server(settings, stt=scripted()) as server:
+            for headers in (GUESSER, NEIGHBOUR):
+                status, _ = await post(
+                    server, "/session/join", {"sessionCode": "ZZZ000"}, headers=headers
+                )
+                assert status == 404
+            # Whatever address the headers name, the client is 127.0.0.1: locked out.
+            status, _ = await post(
+                server,
+                "/session/join",
+                {"sessionCode": "ZZZ000"},
+                headers={"X-Real-IP": "198.51.100.77"},
+            )
+            assert status == 429
 
 
 def test_limits_count_an_ipv6_client_by_its_slash_64() -> None:
@@ -353,3 +496,23 @@ async def test_any_origin_is_allowed_by_default() -> None:
                 assert (await reply(host))["type"] == "session_ready"
     policy = OriginPolicy("")
     assert policy.any and policy.allows("null", None)
+
+
+@needs_nginx
+async def test_the_servers_own_pages_are_allowed_through_nginx_on_another_port(
+    tmp_path: Path, cert: Cert
+) -> None:
+    settings = Config(port=0, allowed_origins=ALLOWED, trust_proxy=True)
+    with trio.fail_after(TIMEOUT_S):
+        async with (
+            running_server(settings, stt=scripted()) as server,
+            running_nginx(tmp_path / "nginx", cert, [server]) as proxy,
+            proxy.client() as http,
+        ):
+            own = await http.post("/session/start", headers={"Origin": proxy.origin})
+            # The same host on another port is another origin.
+            elsewhere = f"https://127.0.0.1:{proxy.http_port}"
+            other = await http.post("/session/start", headers={"Origin": elsewhere})
+    assert own.status_code == 200, own.text
+    assert own.headers["access-control-allow-origin"] == proxy.origin
+    assert other.status_code == 403

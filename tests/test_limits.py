@@ -9,10 +9,12 @@ otherwise: no sleeps, and no timing in the asserts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
 import attrs
+import httpx
 import pytest
 import trio
 import trio_websocket
@@ -26,12 +28,28 @@ from bystander import (
     reply,
     scripted,
 )
-from helpers import connect_with, listener_path, post, refusals, start_session
+from helpers import (
+    GatedStore,
+    all_at_once,
+    connect_with,
+    get,
+    listener_path,
+    post,
+    refusals,
+    running_server_on,
+    start_session,
+)
 from protocol_schemas import validate_http
 from trio.testing import MockClock
 
 from babel_actors.server.app import Server
-from babel_actors.server.limits import ClientCounts, FailureWindow, LiveCounts, TokenBucket
+from babel_actors.server.limits import (
+    AudioMeter,
+    ClientCounts,
+    FailureWindow,
+    LiveCounts,
+    TokenBucket,
+)
 from babel_actors.testing import ProtocolClient, connect, running_server, silence
 
 TIMEOUT_S = 20
@@ -118,6 +136,86 @@ async def test_a_host_flooding_audio_is_closed_while_a_real_time_host_goes_on(
             assert (await refusals(server))["audio_rate"] == 1
 
 
+async def start_solo(solo: ProtocolClient, sample_rate: int) -> None:
+    assert (await reply(solo))["type"] == "session_ready"
+    await solo.send({"type": "init", "sampleRate": sample_rate})
+    assert (await reply(solo))["type"] == "session_ready"
+
+
+async def send_then_ping(client: ProtocolClient, pcm: bytes) -> None:
+    """Send ``pcm``, then a ping: an admitted message is answered by the pong, a
+    refused one by the closing ``error`` before it."""
+    await client.send_audio(pcm)
+    with contextlib.suppress(trio_websocket.ConnectionClosed):
+        await client.send({"type": "ping", "timestamp": 7})
+
+
+async def test_a_solo_client_gets_no_fresh_burst_by_reconnecting() -> None:
+    # At this slack, time gives back next to nothing while the test runs: what the
+    # client gets back, it gets from reconnecting.
+    settings = attrs.evolve(
+        config(), trust_proxy=True, audio_burst_s=BURST_S, audio_rate_slack=0.01
+    )
+    rate = 8000  # the lowest sampleRate: the most seconds of audio per byte
+    piece = silence(2.5, rate)  # two of them: the 3 s burst, then 2 s of debt
+    with trio.fail_after(TIMEOUT_S):
+        async with running_server(settings, stt=scripted()) as server, bystander(server) as by:
+            async with connect_with(server, "/translate", CROWD) as solo:
+                await start_solo(solo, rate)
+                await solo.send_audio(piece)
+                await send_then_ping(solo, piece)
+                assert await reply(solo) == {"type": "pong", "timestamp": 7}
+            # A new connection is a new solo session, of the same owner: same budget.
+            async with connect_with(server, "/translate", CROWD) as again:
+                await start_solo(again, rate)
+                await send_then_ping(again, piece)
+                error = await closed_with(again, 1008)
+            assert error["status"] == 429 and error["retryAfter"] >= 1
+
+            # One message longer than the burst is refused, however full the bucket.
+            async with connect_with(server, "/translate", OTHER) as other:
+                await start_solo(other, rate)
+                await send_then_ping(other, silence(BURST_S + CHUNK_S, rate))
+                error = await closed_with(other, 1008)
+            assert error["status"] == 429 and "retryAfter" not in error
+            assert "at once" in error["message"]
+            await by.speak()
+            assert (await refusals(server))["audio_rate"] == 2
+
+
+def test_an_owners_sessions_share_an_audio_bucket_that_outlives_them() -> None:
+    meter = AudioMeter(rate=1.0, burst=10.0)
+    first, second = trio.Event(), trio.Event()
+    # Two sessions of one owner, each in real time, go on for ever.
+    for n in range(1, 100):
+        assert meter.take("key", first, 1.0, now=float(n)) is None
+        assert meter.take("key", second, 1.0, now=float(n)) is None
+    # One session is held to the rate, whatever its owner has left.
+    assert meter.take("key", first, 10.0, now=200.0) is None
+    assert meter.take("key", first, 1.0, now=200.0) == 0.0
+    assert meter.take("key", second, 1.0, now=200.0) is None
+
+    solo, again = trio.Event(), trio.Event()
+    assert meter.take("solo", solo, 6.0, now=0.0) is None
+    assert meter.take("solo", solo, 6.0, now=0.0) is None  # 2 s in debt
+    solo.set()  # the session ends; the owner starts another
+    assert meter.take("solo", again, 1.0, now=1.0) == 1.0, "the owner's debt is still there"
+    assert meter.take("solo", again, 1.0, now=2.5) is None
+
+    # Owners with no live session are forgotten once their bucket is full again.
+    meter = AudioMeter(rate=1.0, burst=10.0)
+    ended = trio.Event()
+    ended.set()
+    live = trio.Event()
+    meter.take("live", live, 5.0, now=0.0)
+    meter.take("in debt", ended, 12.0, now=90.0)
+    for n in range(62):
+        meter.take(f"gone {n}", ended, 1.0, now=0.0)
+    assert len(meter) == 64
+    meter.take("new", trio.Event(), 1.0, now=95.0)  # one more owner: the table is swept
+    assert len(meter) == 3, "kept: live, new, and in debt"
+
+
 def test_a_token_bucket_meters_audio_seconds_against_real_time() -> None:
     bucket = TokenBucket(rate=1.25, burst=10.0, now=0.0)
     # Real time, or anything up to the slack, goes on for ever.
@@ -201,6 +299,31 @@ async def test_without_keys_each_client_address_holds_a_limited_number_of_sessio
             await by.speak()
 
 
+async def test_parallel_starts_get_no_more_sessions_than_the_key_may_hold() -> None:
+    settings = attrs.evolve(config(), api_keys="alpha-key-1", max_sessions_per_key=2)
+    alpha = {"X-API-Key": "alpha-key-1"}
+    store = GatedStore()
+
+    async def start() -> httpx.Response:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            return await http.post("/session/start", headers=alpha)
+
+    with trio.fail_after(TIMEOUT_S):
+        async with running_server_on(store, settings, scripted()) as server:
+            # A start that fails gives its place back.
+            store.unavailable = True
+            for _ in range(3):
+                status, _ = await post(server, "/session/start", headers=alpha)
+                assert status == 503
+            store.unavailable = False
+            # Every start is in flight before the store creates a session.
+            responses = await all_at_once(store, [start] * 8)
+            for response in responses:
+                validate_http("/session/start", "post", response.status_code, response.json())
+            assert sorted(r.status_code for r in responses) == [200] * 2 + [429] * 6
+            assert (await refusals(server))["sessions_per_key"] == 6
+
+
 # --- connections per client ---------------------------------------------------------------
 
 
@@ -240,6 +363,26 @@ async def test_a_client_past_its_open_connections_is_refused_before_the_upgrade(
             async with connect_with(server, path, CROWD) as back:
                 assert (await reply(back))["type"] == "session_joined"
             assert (await refusals(server))["connections_per_ip"] == 2
+
+
+async def test_connections_that_send_nothing_count_from_their_accept() -> None:
+    settings = attrs.evolve(config(), max_connections_per_ip=3)
+    with trio.fail_after(TIMEOUT_S):
+        async with running_server(settings, stt=scripted()) as server:
+            idle = []
+            for _ in range(3):
+                idle.append(await trio.open_tcp_stream("127.0.0.1", server.port))
+                await settled()  # accepted and counted
+            async with await trio.open_tcp_stream("127.0.0.1", server.port) as extra:
+                head, body = (await read_to_end(extra)).split(b"\r\n\r\n", 1)
+            assert head.startswith(b"HTTP/1.1 429 ") and b"connection: close" in head
+            assert "open connections" in json.loads(body)["error"]
+            for stream in idle:
+                await stream.aclose()
+            await settled()
+            status, _ = await get(server, "/health")
+            assert status == 200, "the places were given back"
+            assert (await refusals(server))["connections_per_ip"] == 1
 
 
 # --- HTTP idle time -------------------------------------------------------------------------
@@ -325,7 +468,7 @@ async def test_too_big_messages_and_bodies_are_refused_and_counted() -> None:
 # --- the counting, on its own -------------------------------------------------------------------
 
 
-def test_failed_joins_slide_out_of_their_window_and_the_table_stays_bounded() -> None:
+def test_failed_joins_slide_out_of_their_window() -> None:
     window = FailureWindow(limit=3, window_s=10.0, max_clients=100)
     for at in (0.0, 1.0, 2.0):
         assert window.retry_after("guesser", at) is None
@@ -335,11 +478,23 @@ def test_failed_joins_slide_out_of_their_window_and_the_table_stays_bounded() ->
     window.fail("guesser", 10.0)
     assert window.retry_after("guesser", 10.5) == 0.5
 
-    for n in range(1000):
-        window.fail(f"client {n}", 20.0)
-    assert len(window) == 100, "capped: the clients idle longest are forgotten"
-    window.fail("late", 40.0)
-    assert len(window) == 1, "a full table is swept of failures that aged out first"
+
+def test_a_full_join_table_forgets_no_live_client_and_new_ones_share_one_window() -> None:
+    window = FailureWindow(limit=2, window_s=10.0, max_clients=3)
+    for client in ("a", "b", "c"):
+        window.fail(client, 0.0)
+    # No room: new clients are counted together, in the overflow window.
+    window.fail("d", 1.0)
+    assert window.retry_after("e", 2.0) is None
+    window.fail("e", 2.0)
+    assert window.retry_after("never seen", 2.0) == 9.0, "full: every new client waits"
+    assert window.retry_after("a", 2.0) is None, "clients in the table keep their own budget"
+    assert len(window) == 3
+    # Clients whose failures all aged out leave from the front, in the order of
+    # their latest failure: a's later one keeps it.
+    window.fail("a", 5.0)
+    assert window.retry_after("never seen", 10.5) is None
+    assert len(window) == 1
 
 
 def test_open_counts_and_live_sessions_forget_what_is_gone() -> None:

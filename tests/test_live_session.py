@@ -111,7 +111,9 @@ async def test_slow_listener_delays_nobody_and_loses_no_final() -> None:
     long_sentences = [f"{n} " + "word " * 400 for n in range(100)]
     stt = ScriptedSpeechToText(sentence_script(long_sentences, seconds_each=0.1, partials=1))
     with trio.fail_after(8):
-        config = Config(port=0, listener_backlog_bytes=64 << 20, socket_send_buffer=8192)
+        config = Config(
+            port=0, listener_backlog_bytes=64 << 20, socket_send_buffer=8192, audio_burst_s=20.0
+        )
         async with running_server(config, stt=stt) as server:
             session = await start_session(server)
             sock, ws = await _raw_listener(server.port, listener_path(session["sessionId"], "es"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,11 +22,13 @@ from babel_actors.metrics import Metrics
 from babel_actors.server.access import (
     KeyRing,
     OriginPolicy,
+    TrustedProxies,
     client_address,
     limit_key,
     presented_key,
+    wide_limit_key,
 )
-from babel_actors.server.limits import ClientCounts, FailureWindow, LiveCounts, TokenBucket
+from babel_actors.server.limits import AudioMeter, ClientCounts, FailureWindow, LiveCounts
 from babel_actors.server.websocket import POLICY, TRY_AGAIN_LATER
 from babel_actors.session import Session
 
@@ -36,7 +38,10 @@ REQUEST_TIMEOUT = 408
 TOO_MANY = 429
 
 JOIN_CLIENTS = 10_000
-"""Clients whose failed joins are remembered at once (about 1 KB each at most)."""
+"""Clients whose failed joins are remembered at once, per table. At most about 1.4 KB
+each in the /64 and IPv4 table (20 attempts), 6 KB in the /48 table (160)."""
+WIDE_JOIN_FACTOR = 8
+"""An IPv6 /48 may fail this many times ``join_attempts`` in a window, across its /64s."""
 
 
 @attrs.frozen(kw_only=True)
@@ -92,11 +97,15 @@ class Refusal(Exception):
 class Guard:
     """The access rules and per-client limits of ``config``, for one server.
 
-    Clients are told apart by address (``client``); IPv6 clients by their /64.
+    Clients are told apart by address (``client``); IPv6 clients by their /64, and
+    for failed joins by their /48 too. Concurrent requests cannot all pass a check
+    that guards an await: a new session's place is taken before it (``session_place``),
+    and a join is checked again after its lookup (``check_join``).
     Backpressure: none; nothing waits. A check answers at once, and what it counts
     is bounded (see ``limits.py``).
-    Cancellation: nothing here awaits; slots (``connection_slot``, ``listener_slot``)
-    are given back in ``finally`` however their holder ends.
+    Cancellation: nothing here awaits; places (``connection_slot``,
+    ``listener_slot``, ``session_place``) are given back in ``finally`` however their
+    holder ends.
     Error handling: a failed check raises ``Refusal`` and counts it in ``metrics``.
     """
 
@@ -106,13 +115,17 @@ class Guard:
         self.api_keys = KeyRing.from_setting(config.api_keys)
         self.operator_keys = KeyRing([config.operator_key] if config.operator_key else [])
         self.origins = OriginPolicy(config.allowed_origins)
-        self.joins = FailureWindow(
-            limit=config.join_attempts, window_s=config.join_window_s, max_clients=JOIN_CLIENTS
+        self.proxies = TrustedProxies.from_setting(config.trust_proxy)
+        attempts, window_s = config.join_attempts, config.join_window_s
+        self.joins = FailureWindow(limit=attempts, window_s=window_s, max_clients=JOIN_CLIENTS)
+        self.wide_joins = FailureWindow(
+            limit=WIDE_JOIN_FACTOR * attempts, window_s=window_s, max_clients=JOIN_CLIENTS
         )
         self.connections = ClientCounts(config.max_connections_per_ip)
         self.sessions = LiveCounts()
         self.listeners = ClientCounts(config.max_listeners_per_session)
-        self._audio: weakref.WeakKeyDictionary[Session, TokenBucket] = weakref.WeakKeyDictionary()
+        self.audio = AudioMeter(rate=config.audio_rate_slack, burst=config.audio_burst_s)
+        self._owners: weakref.WeakKeyDictionary[Session, str] = weakref.WeakKeyDictionary()
 
     def refuse(
         self,
@@ -140,8 +153,9 @@ class Guard:
     # --- who is asking ------------------------------------------------------------
 
     def client(self, peer: str, headers: Mapping[str, str]) -> str:
-        """The client's address (see ``access.client_address``)."""
-        return client_address(peer, headers, trust_proxy=self.config.trust_proxy)
+        """The client's address (see ``access.client_address``): what the headers
+        name when ``peer`` is a trusted proxy, else ``peer``."""
+        return client_address(peer, headers, trust_proxy=self.proxies.trusts(peer))
 
     def check_origin(self, headers: Mapping[str, str]) -> None:
         """Refuse (403) a browser whose ``Origin`` is not allowed."""
@@ -177,25 +191,48 @@ class Guard:
     # --- limits ---------------------------------------------------------------------
 
     def check_join(self, client: str) -> None:
-        """Refuse (429) any join from a client locked out for failed joins."""
+        """Refuse (429) any join from a client locked out for failed joins (an IPv6
+        client also when its /48 is). A join checks before its lookup and again after
+        it: joins in flight together all pass the first check, and any of them
+        answered once the client has used up its failures is refused too, found or
+        not, so they learn no more than one join at a time would."""
         if not self.config.join_attempts:
             return
-        wait = self.joins.retry_after(limit_key(client), trio.current_time())
-        if wait is not None:
+        now = trio.current_time()
+        waits = [
+            wait
+            for table, key in self._join_counts(client)
+            if (wait := table.retry_after(key, now)) is not None
+        ]
+        if waits:
             raise self.refuse(
                 "join_attempts",
                 TOO_MANY,
                 "too many joins of unknown sessions from your address; try again later",
-                retry_after_s=wait,
+                retry_after_s=max(waits),
             )
 
     def join_failed(self, client: str) -> None:
-        """Count a join of an unknown session against the client."""
+        """Count a join of an unknown session against the client (and its /48)."""
         if self.config.join_attempts:
-            self.joins.fail(limit_key(client), trio.current_time())
+            now = trio.current_time()
+            for table, key in self._join_counts(client):
+                table.fail(key, now)
 
-    def check_sessions(self, owner: str) -> None:
-        """Refuse (429; close 1013) a new session past ``max_sessions_per_key``."""
+    def _join_counts(self, client: str) -> list[tuple[FailureWindow, str]]:
+        counts = [(self.joins, limit_key(client))]
+        wide = wide_limit_key(client)
+        if wide is not None:
+            counts.append((self.wide_joins, wide))
+        return counts
+
+    @contextmanager
+    def session_place(self, owner: str) -> Iterator[Callable[[Session], None]]:
+        """Refuse (429; close 1013) a new session past ``max_sessions_per_key``; else
+        hold a place for it while it is created, so concurrent starts cannot all pass
+        the check. Call the yielded function with the new session: it then counts
+        against ``owner`` until it ends. A place not filled when the block exits
+        (creation failed or was cancelled) is given back."""
         limit = self.config.max_sessions_per_key
         if limit and self.sessions.count(owner) >= limit:
             raise self.refuse(
@@ -204,11 +241,19 @@ class Guard:
                 f"at most {limit} live sessions per key (or address); end one first",
                 close_code=TRY_AGAIN_LATER,
             )
+        reserved = trio.Event()
+        if limit:
+            self.sessions.add(owner, reserved)
 
-    def session_started(self, owner: str, session: Session) -> None:
-        """``session`` counts against ``owner`` until it ends."""
-        if self.config.max_sessions_per_key:
-            self.sessions.add(owner, session.ended)
+        def started(session: Session) -> None:
+            self._owners[session] = owner
+            if limit:
+                self.sessions.add(owner, session.ended)
+
+        try:
+            yield started
+        finally:
+            reserved.set()
 
     def check_listeners(self, session: Session) -> None:
         """Refuse (429; close 1013) a listener of a full session."""
@@ -234,24 +279,30 @@ class Guard:
 
     def meter_audio(self, session: Session, pcm_bytes: int) -> None:
         """Refuse (429; close 1008) audio past what ``session``'s host may send: real
-        time times ``audio_rate_slack``, after a burst of ``audio_burst_s`` (see
-        ``TokenBucket``). One bucket per session, so a host that reconnects finds it
-        as it left it."""
-        slack = self.config.audio_rate_slack
+        time times ``audio_rate_slack``, after a burst of ``audio_burst_s``, per
+        session and per owner (see ``AudioMeter``), and any one message longer than
+        the burst. The buckets outlive a connection: a host that reconnects, or a solo
+        client that starts a new session, finds them as it left them."""
+        slack, burst = self.config.audio_rate_slack, self.config.audio_burst_s
         if not slack:
             return
-        now = trio.current_time()
-        bucket = self._audio.get(session)
-        if bucket is None:
-            bucket = TokenBucket(rate=slack, burst=self.config.audio_burst_s, now=now)
-            self._audio[session] = bucket
-        if not bucket.take(pcm_bytes / (2 * session.sample_rate), now):
+        seconds = pcm_bytes / (2 * session.sample_rate)
+        if seconds > burst:
+            raise self.refuse(
+                "audio_rate",
+                TOO_MANY,
+                f"one message of {seconds:.1f} s of audio, more than the {burst:g} s "
+                "a host may send at once; send audio in real time, in small pieces",
+            )
+        owner = self._owners.get(session, f"session {session.id}")
+        wait = self.audio.take(owner, session.ended, seconds, trio.current_time())
+        if wait is not None:
             raise self.refuse(
                 "audio_rate",
                 TOO_MANY,
                 f"audio faster than real time (at most {slack:g}x, after a "
-                f"{self.config.audio_burst_s:g} s burst); reconnect and send in real time",
-                retry_after_s=-bucket.tokens / slack,
+                f"{burst:g} s burst); reconnect and send in real time",
+                retry_after_s=wait,
             )
 
     def connection_slot(self) -> ConnectionSlot:

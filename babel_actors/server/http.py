@@ -34,7 +34,10 @@ async def serve_connection(conn: Connection, api: Api, peer: str) -> None:
 
     Backpressure: one request at a time per connection; bodies past the configured
     limit are refused with 413 before they are read in full. A connection counts
-    against its client's open connections from its first request until it closes.
+    against its client's open connections until it closes: from the moment it is
+    accepted, or, from a trusted proxy (which names the client in each request), from
+    its first request. A connection past the limit gets 429 and is closed, at once
+    when it is counted on accept, before a byte of its request is read.
     Cancellation: the caller's scope; the socket is closed on the way out. A
     connection idle between requests for ``http_idle_s`` is closed; one that takes
     longer than that to send a request gets 408 and is closed.
@@ -50,6 +53,8 @@ async def serve_connection(conn: Connection, api: Api, peer: str) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(conn.drain)
         try:
+            if not guard.proxies.trusts(peer):
+                slot.claim(peer)
             while True:
                 request, body = await _read_request(conn, http, config, guard)
                 if request is None:

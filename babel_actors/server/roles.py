@@ -111,9 +111,9 @@ async def _serve_solo(
 ) -> None:
     # A browser cannot set headers on a WebSocket: it may send the key as ?apiKey=.
     owner = guard.session_owner(caller.headers, caller.client, query.get("apiKey"))
-    guard.check_sessions(owner)
-    session = await registry.start_session(solo=True)
-    guard.session_started(owner, session)
+    with guard.session_place(owner) as started:
+        session = await registry.start_session(solo=True)
+        started(session)
     target = query.get("targetLang") or session.source_lang
     try:
         session.check_target(target)
@@ -137,7 +137,8 @@ async def _session_for(
 ) -> Session | None:
     """The session the query names, served here (it may live on another node); None
     after telling the peer why not. Joining counts as a join attempt: a client locked
-    out for failed joins is refused, and an unknown ``sessionId`` is a failure."""
+    out for failed joins is refused (``Guard.check_join``, before the lookup and after
+    it), and an unknown ``sessionId`` is a failure."""
     guard.check_join(caller.client)
     session_id = query.get("sessionId", "")
     try:
@@ -145,6 +146,7 @@ async def _session_for(
     except StoreUnavailable:
         peer.fail("sessions are unreachable right now; try again", TRY_AGAIN_LATER)
         return None
+    guard.check_join(caller.client)  # again: others may have failed meanwhile
     if session is None:
         if session_id:
             guard.join_failed(caller.client)

@@ -19,6 +19,7 @@ from babel_actors.errors import UnsupportedLanguage
 from babel_actors.registry import Registry
 from babel_actors.server.guard import Guard
 from babel_actors.server.static import StaticSite
+from babel_actors.session import Session
 from babel_actors.stages import process_usage
 from babel_actors.store import StoreUnavailable
 from babel_actors.wire.client import is_language, loads_json
@@ -131,12 +132,12 @@ class Api:
                     self.registry.stt.name, source, self.registry.stt.languages()
                 )
                 return 400, _failure(str(error))
-        self.guard.check_sessions(owner)
-        try:
-            session = await self.registry.start_session(source_lang=source)
-        except StoreUnavailable as exc:
-            return 503, _failure(str(exc))
-        self.guard.session_started(owner, session)
+        with self.guard.session_place(owner) as started:
+            try:
+                session = await self.registry.start_session(source_lang=source)
+            except StoreUnavailable as exc:
+                return 503, _failure(str(exc))
+            started(session)
         query = urlencode({"role": "host", "sessionId": session.id, "token": session.host_token})
         return 200, {
             "success": True,
@@ -151,14 +152,9 @@ class Api:
         code = body.get("sessionCode")
         if not isinstance(code, str) or not code.strip():
             return 400, _failure("sessionCode is required")
-        self.guard.check_join(client)
-        try:
-            session = await self.registry.lookup(code)
-        except StoreUnavailable as exc:
-            return 503, _failure(str(exc))
-        if session is None:
-            self.guard.join_failed(client)
-            return 404, _failure("session not found")
+        session = await self._lookup(code, client)
+        if not isinstance(session, Session):
+            return session
         self.guard.check_listeners(session)
         target = body.get("targetLang", session.source_lang)
         if not is_language(target):
@@ -188,15 +184,26 @@ class Api:
         }
 
     async def session_info(self, code: str, client: str) -> Reply:
+        session = await self._lookup(code, client)
+        if not isinstance(session, Session):
+            return session
+        return 200, {"success": True, "session": session.info()}
+
+    async def _lookup(self, code: str, client: str) -> Session | Reply:
+        """The session with ``code``, or the reply: 404, or 503 when the store is
+        unreachable. A join attempt of ``client``: raises ``Refusal`` (429) when it is
+        locked out, before the lookup or after it (``Guard.check_join``); a 404 counts
+        as a failed join."""
         self.guard.check_join(client)
         try:
             session = await self.registry.lookup(code)
         except StoreUnavailable as exc:
             return 503, _failure(str(exc))
+        self.guard.check_join(client)
         if session is None:
             self.guard.join_failed(client)
             return 404, _failure("session not found")
-        return 200, {"success": True, "session": session.info()}
+        return session
 
     def sessions(self) -> Reply:
         listed = [s.info() for s in self.registry.live() if s.code is not None]
