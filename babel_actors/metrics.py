@@ -21,8 +21,9 @@ What is counted where, so that nothing runs per listener per caption:
 
 from __future__ import annotations
 
+import enum
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 import attrs
@@ -51,6 +52,17 @@ class LiveSession(Protocol):
 
     host: Member | None
     audience: Audience
+
+
+class Circuit(Protocol):
+    """What the scrape reads of an engine's circuit breaker (``engines.breaker``)."""
+
+    name: str
+    rejected: int
+    times_opened: int
+
+    @property
+    def state(self) -> enum.Enum: ...
 
 
 class Tally:
@@ -173,6 +185,12 @@ class Metrics:
         """The text exposition format and its content type, for a scrape."""
         return generate_latest(_WithoutCreated(self.registry)), CONTENT_TYPE_LATEST
 
+    def watch_circuits(self, circuits: Sequence[Circuit]) -> None:
+        """Show each engine's circuit breaker at every scrape: its state, the calls it
+        failed at once and the times it opened."""
+        if circuits:
+            self.registry.register(_CircuitCollector(circuits))
+
     def member_counters(self, role: Role) -> MemberCounters | None:
         """The counters a member of ``role`` bumps; None for a relay."""
         return self._members.get(role)
@@ -270,6 +288,39 @@ class _LiveCollector:
             buckets=buckets,
             gsum_value=float(sum(unsent)),
         )
+
+
+class _CircuitCollector:
+    """The circuits of the engines behind a breaker, read at each scrape."""
+
+    def __init__(self, circuits: Sequence[Circuit]) -> None:
+        self._circuits = circuits
+
+    def describe(self) -> Iterator[Metric]:
+        return self.collect()
+
+    def collect(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            "babel_engine_circuit_state",
+            "1 for the state each engine's circuit breaker is in (closed, open, half_open).",
+            labels=["engine", "state"],
+        )
+        rejected = CounterMetricFamily(
+            "babel_engine_circuit_rejected",
+            "Calls an open circuit failed at once, without reaching the engine.",
+            labels=["engine"],
+        )
+        opened = CounterMetricFamily(
+            "babel_engine_circuit_opened",
+            "Times each engine's circuit opened after consecutive failures.",
+            labels=["engine"],
+        )
+        for circuit in self._circuits:
+            for each in type(circuit.state):
+                state.add_metric([circuit.name, each.value], float(each is circuit.state))
+            rejected.add_metric([circuit.name], circuit.rejected)
+            opened.add_metric([circuit.name], circuit.times_opened)
+        yield from (state, rejected, opened)
 
 
 class _WithoutCreated:

@@ -63,6 +63,9 @@ class Registry:
         self.metrics = Metrics(live=self.live)
         """This server's Prometheus metrics (``GET /metrics``); every session counts
         into it."""
+        self.metrics.watch_circuits(
+            [breaker for engine in (stt, mt) if (breaker := getattr(engine, "breaker", None))]
+        )
         self.stages = StageRecorder(config.stage_samples, metrics=self.metrics)
         """Stage latencies of every session's captions (``GET /stats``, and the
         stage histograms of ``GET /metrics``)."""

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from babel_actors.config import Config
 from babel_actors.embed import listen, open_session
+from babel_actors.engines.breaker import BreakerTranslator
 from babel_actors.metrics import Metrics
 from babel_actors.server.app import Server
 from babel_actors.stages import STAGES
@@ -177,6 +178,32 @@ async def test_a_failed_translation_is_counted_by_engine_and_language() -> None:
     failures = moved(before, after, "babel_translation_failures_total", **pair, reason="error")
     assert failures >= 1
     assert moved(before, after, "babel_translation_failures_total", **pair, reason="timeout") == 0
+
+
+async def test_an_engines_circuit_breaker_shows_its_state() -> None:
+    failing = FaultyTranslator(EchoTranslator(), Fault.ERROR)
+    mt = BreakerTranslator(failing, failures=2, reset_s=3600)
+    state = "babel_engine_circuit_state"
+    with trio.fail_after(TIMEOUT_S):
+        async with running_server(Config(port=0), stt=scripted(), mt=mt) as server:
+            before = await scrape(server)
+            session = await start_session(server)
+            async with (
+                connect(server, listener_path(session["sessionId"], "fr")) as listener,
+                connect(server, session["wsUrl"]) as host,
+            ):
+                await listener.receive()
+                await host.receive()
+                await host.send_audio(silence(3 * SECONDS + 0.05))
+                await listener.finals(3)  # two failures open the circuit; the third is refused
+                after = await scrape(server)
+    engine = mt.name
+    assert value(before, state, engine=engine, state="closed") == 1
+    assert value(before, state, engine=engine, state="open") == 0
+    assert value(after, state, engine=engine, state="open") == 1
+    assert value(after, state, engine=engine, state="closed") == 0
+    assert moved(before, after, "babel_engine_circuit_opened_total", engine=engine) == 1
+    assert moved(before, after, "babel_engine_circuit_rejected_total", engine=engine) >= 1
 
 
 async def test_a_speech_stream_restart_is_counted() -> None:
