@@ -17,7 +17,7 @@ from babel_actors.config import Config
 from babel_actors.engines.base import SpeechToText
 from babel_actors.server.app import Server, serve
 from babel_actors.store import MemoryStore, SessionRecord, StoreUnavailable
-from babel_actors.testing import EchoTranslator, ProtocolClient
+from babel_actors.testing import EchoTranslator, ProtocolClient, connect
 
 
 async def post(
@@ -57,6 +57,22 @@ async def start_session(server: Server, headers: Mapping[str, str] | None = None
 def listener_path(session_id: str, lang: str, **extra: Any) -> str:
     query = f"/translate?role=listener&sessionId={session_id}&targetLang={lang}"
     return query + "".join(f"&{k}={v}" for k, v in extra.items())
+
+
+@asynccontextmanager
+async def live_session(
+    server: Server, target: str
+) -> AsyncIterator[tuple[ProtocolClient, ProtocolClient, dict[str, Any]]]:
+    """A new session's host and one listener reading ``target``, both greeted
+    (``session_ready``, ``session_joined`` read), and the ``/session/start`` reply."""
+    session = await start_session(server)
+    async with (
+        connect(server, listener_path(session["sessionId"], target)) as listener,
+        connect(server, session["wsUrl"]) as host,
+    ):
+        await listener.receive()
+        await host.receive()
+        yield host, listener, session
 
 
 def checked(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ import trio
 import trio_websocket
 import wsproto
 import wsproto.events as ws_events
-from helpers import checked, finals_of, get, listener_path, start_session
+from helpers import checked, finals_of, get, listener_path, live_session, start_session
 
 from babel_actors.config import Config
 from babel_actors.testing import (
@@ -196,13 +196,7 @@ async def test_late_joiner_gets_recent_finals_in_its_language() -> None:
 async def test_change_language_applies_from_the_next_segment() -> None:
     with trio.fail_after(20):
         async with running_server(Config(port=0), stt=scripted()) as server:
-            session = await start_session(server)
-            async with (
-                connect(server, listener_path(session["sessionId"], "es")) as listener,
-                connect(server, session["wsUrl"]) as host,
-            ):
-                await listener.receive()
-                await host.receive()
+            async with live_session(server, "es") as (host, listener, _):
                 await speak(host, 1)
                 (before,) = await listener.finals(1)
                 await listener.send({"type": "change_language", "targetLang": "fr"})

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import trio
 import trio_websocket
-from helpers import listener_path, start_session
+from helpers import listener_path, live_session
 
 from babel_actors import logs
 from babel_actors.config import Config
@@ -30,7 +30,6 @@ from babel_actors.testing import (
     EchoTranslator,
     ProtocolClient,
     ScriptedSpeechToText,
-    connect,
     running_server,
     sentence_script,
 )
@@ -174,14 +173,8 @@ async def test_a_session_crash_and_end_carry_its_id() -> None:
     )
     with captured_json() as out, trio.fail_after(TIMEOUT_S):
         async with running_server(Config(port=0), stt=stt) as server:
-            session = await start_session(server)
-            sid = session["sessionId"]
-            async with (
-                connect(server, listener_path(sid, "fr")) as listener,
-                connect(server, session["wsUrl"]) as host,
-            ):
-                await listener.receive()
-                await host.receive()
+            async with live_session(server, "fr") as (host, listener, session):
+                sid = session["sessionId"]
                 await host.send_audio(audio(0.1))
                 await until_ended(listener)
     records = json_lines(out.getvalue())
@@ -200,13 +193,7 @@ async def test_an_actors_warning_carries_its_session_id() -> None:
     stt = ScriptedSpeechToText(sentence_script(["one two three"], seconds_each=0.5))
     with captured_json() as out, trio.fail_after(TIMEOUT_S):
         async with running_server(Config(port=0), stt=stt, mt=mt) as server:
-            session = await start_session(server)
-            async with (
-                connect(server, listener_path(session["sessionId"], "fr")) as listener,
-                connect(server, session["wsUrl"]) as host,
-            ):
-                await listener.receive()
-                await host.receive()
+            async with live_session(server, "fr") as (host, listener, session):
                 await host.send_audio(audio(0.6))
                 await listener.finals(1)
     failed = [r for r in json_lines(out.getvalue()) if "translation en->fr failed" in r["message"]]

@@ -10,7 +10,7 @@ import trio
 import trio.testing
 import wsproto
 import wsproto.events as ws_events
-from helpers import listener_path, start_session
+from helpers import listener_path, live_session, start_session
 from prometheus_client.parser import text_string_to_metric_families
 
 from babel_actors.config import Config
@@ -141,13 +141,7 @@ async def test_metrics_are_per_server() -> None:
             running_server(Config(port=0), stt=scripted()) as idle,
         ):
             before = await scrape(idle)
-            session = await start_session(busy)
-            async with (
-                connect(busy, listener_path(session["sessionId"], "es")) as listener,
-                connect(busy, session["wsUrl"]) as host,
-            ):
-                await listener.receive()
-                await host.receive()
+            async with live_session(busy, "es") as (host, listener, _):
                 await host.send_audio(silence(SECONDS + 0.05))
                 await listener.finals(1)
                 assert value(await scrape(busy), "babel_sessions") == 1
@@ -162,13 +156,7 @@ async def test_a_failed_translation_is_counted_by_engine_and_language() -> None:
     with trio.fail_after(TIMEOUT_S):
         async with running_server(Config(port=0), stt=scripted(), mt=mt) as server:
             before = await scrape(server)
-            session = await start_session(server)
-            async with (
-                connect(server, listener_path(session["sessionId"], "fr")) as listener,
-                connect(server, session["wsUrl"]) as host,
-            ):
-                await listener.receive()
-                await host.receive()
+            async with live_session(server, "fr") as (host, listener, _):
                 await host.send_audio(silence(SECONDS + 0.05))
                 final = (await listener.finals(1))[0]
                 assert final["hasTranslation"] is False
@@ -187,13 +175,7 @@ async def test_an_engines_circuit_breaker_shows_its_state() -> None:
     with trio.fail_after(TIMEOUT_S):
         async with running_server(Config(port=0), stt=scripted(), mt=mt) as server:
             before = await scrape(server)
-            session = await start_session(server)
-            async with (
-                connect(server, listener_path(session["sessionId"], "fr")) as listener,
-                connect(server, session["wsUrl"]) as host,
-            ):
-                await listener.receive()
-                await host.receive()
+            async with live_session(server, "fr") as (host, listener, _):
                 await host.send_audio(silence(3 * SECONDS + 0.05))
                 await listener.finals(3)  # two failures open the circuit; the third is refused
                 after = await scrape(server)
