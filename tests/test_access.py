@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hmac
 import json
+import secrets
+import string
 import uuid
 from functools import partial
 from pathlib import Path
@@ -36,8 +38,10 @@ from test_deploy import Cert, needs_nginx, running_nginx
 from test_deploy import cert as cert  # the fixture
 from trio.testing import MockClock
 
+from babel_actors import registry
 from babel_actors.config import Config
 from babel_actors.errors import ConfigError
+from babel_actors.registry import CODE_ALPHABET, CODE_LENGTH, new_code
 from babel_actors.server import access
 from babel_actors.server import guard as guard_module
 from babel_actors.server.access import (
@@ -190,6 +194,33 @@ async def test_operator_routes_need_the_operator_key_when_one_is_set() -> None:
 
 
 # --- join attempts: code guessing ---------------------------------------------------------
+
+
+def test_session_codes_come_from_the_csprng_without_look_alikes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    draws: list[str] = []
+
+    def watched(alphabet: str) -> str:
+        draws.append(alphabet)
+        return secrets.SystemRandom().choice(alphabet)
+
+    monkeypatch.setattr(registry.secrets, "choice", watched)
+    refused = iter([True, True])  # the first two codes drawn are "taken"
+
+    class Taken:
+        def __contains__(self, code: object) -> bool:
+            return next(refused, False)
+
+    assert len(new_code(Taken())) == CODE_LENGTH
+    assert len(draws) == 3 * CODE_LENGTH, "a taken code is drawn again, not adjusted"
+    codes = {new_code(set()) for _ in range(300)}
+    assert all(len(code) == CODE_LENGTH and set(code) <= set(CODE_ALPHABET) for code in codes)
+    assert len(codes) == 300
+    look_alikes = set("0O1IL")
+    assert not look_alikes & set(CODE_ALPHABET)
+    assert set(CODE_ALPHABET) == set(string.ascii_uppercase + string.digits) - look_alikes
+    assert all(alphabet == CODE_ALPHABET for alphabet in draws)
 
 
 async def test_code_guessing_is_shut_out_for_that_client_only(clock: MockClock) -> None:
