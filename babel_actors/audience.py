@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from babel_actors.events import Caption
 
 if TYPE_CHECKING:
-    from babel_actors.metrics import MemberCounters
+    from babel_actors.counters import MemberCounters
 
 
 class Role(enum.Enum):

@@ -10,9 +10,10 @@ import trio
 
 from babel_actors.audience import Role
 from babel_actors.config import Config
+from babel_actors.counters import MemberCounters
 from babel_actors.engines.base import SpeechToText, Translator
 from babel_actors.events import Caption
-from babel_actors.metrics import MemberCounters, Metrics
+from babel_actors.metrics import Metrics
 from babel_actors.session import Session
 
 

@@ -26,7 +26,6 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
-import attrs
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -37,6 +36,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from babel_actors.audience import Audience, Member, Role
+from babel_actors.counters import MemberCounters, Tally
 from babel_actors.events import Caption
 
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -63,32 +63,6 @@ class Circuit(Protocol):
 
     @property
     def state(self) -> enum.Enum: ...
-
-
-class Tally:
-    """A plain count, exposed as a counter: bumped on a path too hot for a lock
-    (a slow member's partials coalescing inside the broadcaster's loop); trio runs the
-    bumps and the scrape on one thread."""
-
-    __slots__ = ("count",)
-
-    def __init__(self) -> None:
-        self.count = 0
-
-
-@attrs.frozen
-class MemberCounters:
-    """The counters one member bumps itself, for its role: handed to it when it joins
-    a session (``Member.count_into``)."""
-
-    audio_in: Counter
-    """Audio messages from the member's client."""
-    control_in: Counter
-    """Every other message from its client (malformed ones included)."""
-    coalesced: Tally
-    """Partials replaced by a newer one before they were sent."""
-    too_slow: Counter
-    """Times the member was closed for owing too much."""
 
 
 class Metrics:

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from babel_actors.audience import Member, Role
+from babel_actors.counters import MemberCounters
 from babel_actors.events import Caption
-from babel_actors.metrics import MemberCounters
 from babel_actors.session import Session
 
 if TYPE_CHECKING:

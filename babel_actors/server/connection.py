@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import trio
 
-from babel_actors.metrics import Tally
+from babel_actors.counters import Tally
 
 log = logging.getLogger(__name__)
 

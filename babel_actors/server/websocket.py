@@ -22,9 +22,9 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from babel_actors.audience import Role
 from babel_actors.config import Config
+from babel_actors.counters import MemberCounters
 from babel_actors.errors import ProtocolError
 from babel_actors.events import Caption
-from babel_actors.metrics import MemberCounters
 from babel_actors.server.connection import Connection
 from babel_actors.wire.server import close_frame, error_message, message_frame
 
