@@ -14,174 +14,32 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import deque
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
-import numpy as np
 import trio
 from google.api_core.exceptions import GoogleAPICallError
 
 from babel_actors.config import Config
+from babel_actors.engines.google_client import (
+    GOOGLE_LANGUAGES,
+    StreamInterrupted,
+    default_credentials,
+    make_client,
+    map_error,
+    mapped_errors,
+    streaming_request,
+)
+from babel_actors.engines.google_tape import ReplayTape
 from babel_actors.engines.grpc_bridge import AsyncioThread, BridgedStream
 from babel_actors.errors import EngineError, EngineUnavailable, UnsupportedLanguage
 from babel_actors.events import AudioEvent, AudioFrame, SttResult
-from babel_actors.glossary import MAX_PHRASE_CHARS, Glossary
+from babel_actors.glossary import Glossary
 
 log = logging.getLogger(__name__)
 
 MAX_AUDIO_BYTES = 15 * 1024
 """Largest ``audio`` in one request (an even number: whole samples)."""
-_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
-_MAX_PHRASES = 1000
-"""Google's limit on phrases in one inline phrase set."""
-
-_RETRIABLE = frozenset(
-    {
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.OUT_OF_RANGE,
-    }
-)
-"""Codes a new stream may cure: the five-minute limit, restarts, overload, audio
-timeouts. Anything else (bad config, no permission) is raised at once."""
-_UNAUTHORISED = frozenset({grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED})
-
-GOOGLE_LANGUAGES = {
-    "af": "af-ZA", "am": "am-ET", "ar": "ar-EG", "az": "az-AZ", "be": "be-BY",
-    "bg": "bg-BG", "bn": "bn-IN", "bs": "bs-BA", "ca": "ca-ES", "cs": "cs-CZ",
-    "cy": "cy-GB", "da": "da-DK", "de": "de-DE", "el": "el-GR", "en": "en-US",
-    "es": "es-ES", "et": "et-EE", "eu": "eu-ES", "fa": "fa-IR", "fi": "fi-FI",
-    "fil": "fil-PH", "fr": "fr-FR", "ga": "ga-IE", "gl": "gl-ES", "gu": "gu-IN",
-    "he": "iw-IL", "hi": "hi-IN", "hr": "hr-HR", "hu": "hu-HU", "hy": "hy-AM",
-    "id": "id-ID", "is": "is-IS", "it": "it-IT", "ja": "ja-JP", "ka": "ka-GE",
-    "kk": "kk-KZ", "km": "km-KH", "kn": "kn-IN", "ko": "ko-KR", "lo": "lo-LA",
-    "lt": "lt-LT", "lv": "lv-LV", "mk": "mk-MK", "ml": "ml-IN", "mn": "mn-MN",
-    "mr": "mr-IN", "ms": "ms-MY", "my": "my-MM", "nb": "no-NO", "ne": "ne-NP",
-    "nl": "nl-NL", "no": "no-NO", "pa": "pa-Guru-IN", "pl": "pl-PL", "pt": "pt-BR",
-    "ro": "ro-RO", "ru": "ru-RU", "si": "si-LK", "sk": "sk-SK", "sl": "sl-SI",
-    "sq": "sq-AL", "sr": "sr-RS", "sv": "sv-SE", "sw": "sw-KE", "ta": "ta-IN",
-    "te": "te-IN", "th": "th-TH", "tl": "fil-PH", "tr": "tr-TR", "uk": "uk-UA",
-    "ur": "ur-PK", "uz": "uz-UZ", "vi": "vi-VN", "zh": "cmn-Hans-CN", "zu": "zu-ZA",
-}  # fmt: skip
-"""A session's primary language tag to the locale Google recognises it under; a tag
-with a region (``en-GB``, ``pt-PT``) is sent as it is."""
-
-
-class StreamInterrupted(EngineError):
-    """Google ended a stream in a way a new stream may fix."""
-
-
-def map_error(error: GoogleAPICallError | grpc.RpcError) -> EngineError:
-    """The project's error for a gRPC or google.api_core error."""
-    if isinstance(error, GoogleAPICallError):
-        code, detail = error.grpc_status_code, error.message
-    else:
-        code, detail = error.code(), error.details()  # type: ignore[attr-defined]
-    name = code.name if code is not None else "UNKNOWN"
-    text = f"Google Speech-to-Text: {name}: {detail}"
-    if code in _RETRIABLE:
-        return StreamInterrupted(text)
-    if code in _UNAUTHORISED:
-        return EngineUnavailable(text)
-    return EngineError(text)
-
-
-@contextlib.contextmanager
-def mapped_errors() -> Iterator[None]:
-    """Nothing but the project's errors leaves this block."""
-    try:
-        yield
-    except (GoogleAPICallError, grpc.RpcError) as exc:
-        raise map_error(exc) from exc
-
-
-class _Tape:
-    """A session's audio from the end of the last final on. Sans-IO.
-
-    Positions are absolute sample numbers since the session's stream began.
-    """
-
-    def __init__(self, max_samples: int) -> None:
-        self._max_samples = max_samples
-        self.base = 0
-        """Position of ``_pcm[0]``."""
-        self._pcm = bytearray()
-        self.covered = 0
-        """Audio before this is settled: covered by a final, or known to hold none."""
-        self.cuts: deque[int] = deque()
-        """Positions where the speaker asked for a final (``EndOfSpeech``)."""
-        self.closed = False
-        self.dropped = 0
-        """Samples thrown away unrecognised because the tape was full."""
-
-    @property
-    def end(self) -> int:
-        return self.base + len(self._pcm) // 2
-
-    @property
-    def pending(self) -> bool:
-        return self.end > self.covered
-
-    def append(self, pcm: bytes) -> None:
-        self._pcm += pcm
-        excess = self.end - self.base - self._max_samples
-        if excess > 0:
-            self.dropped += max(0, self.base + excess - self.covered)
-            self.cover(self.base + excess)
-
-    def cut(self) -> None:
-        if self.pending and (not self.cuts or self.cuts[-1] != self.end):
-            self.cuts.append(self.end)
-
-    def next_stop(self, sent: int) -> int:
-        """Where a stream that has sent up to ``sent`` must pause: the next cut or the end."""
-        for cut in self.cuts:
-            if cut > sent:
-                return cut
-        return self.end
-
-    def cut_reached(self, sent: int) -> bool:
-        return bool(self.cuts) and self.cuts[0] <= sent
-
-    def cover(self, upto: int) -> None:
-        upto = min(upto, self.end)
-        if upto <= self.covered:
-            return
-        self.covered = upto
-        del self._pcm[: 2 * (upto - self.base)]
-        self.base = upto
-        while self.cuts and self.cuts[0] <= upto:
-            self.cuts.popleft()
-
-    def quiet_point(self, start: int, stop: int, frame: int) -> int:
-        """The middle of the longest quiet run of ``frame``-sample frames in
-        ``[start, stop)``: where to end a stream with the least risk of cutting a word."""
-        start = max(start, self.base)
-        pcm = np.frombuffer(self.read(start, stop, 2 * (stop - start)), dtype="<i2")
-        count = len(pcm) // frame
-        if count < 2:
-            return stop
-        energy = np.square(pcm[: count * frame].astype(np.float32)).reshape(count, frame).mean(1)
-        quiet = energy <= energy.min() * 4 + 1.0
-        best_start, best_length, run_start = 0, 0, None
-        for index, is_quiet in enumerate([*quiet.tolist(), False]):
-            if is_quiet and run_start is None:
-                run_start = index
-            elif not is_quiet and run_start is not None:
-                if index - run_start > best_length:
-                    best_start, best_length = run_start, index - run_start
-                run_start = None
-        return start + (best_start + best_length // 2) * frame
-
-    def read(self, start: int, stop: int, max_bytes: int) -> bytes:
-        offset = 2 * (start - self.base)
-        return bytes(self._pcm[offset : min(2 * (stop - self.base), offset + max_bytes)])
 
 
 class GoogleSpeechToText:
@@ -258,7 +116,7 @@ class GoogleSpeechToText:
         locale = self._locale(language)
         client = await self._connected()
         config = self._config
-        tape = _Tape(round(config.google_max_replay_s * self.sample_rate))
+        tape = ReplayTape(round(config.google_max_replay_s * self.sample_rate))
         recognition = _Recognition(self, client, tape, results, locale, glossary or Glossary())
         try:
             async with trio.open_nursery() as nursery:
@@ -282,50 +140,25 @@ class GoogleSpeechToText:
             if self._client is None:
                 credentials = None
                 if not self._config.google_insecure:
-                    credentials, project = await trio.to_thread.run_sync(_default_credentials)
+                    credentials, project = await trio.to_thread.run_sync(default_credentials)
                     self._project = self._project or project or ""
                 if not self._project:
                     raise EngineUnavailable(
                         "Google Speech-to-Text needs a project: set GOOGLE_CLOUD_PROJECT"
                     )
                 self._client = await self._bridge.run(
-                    _make_client, self.endpoint, self._config.google_insecure, credentials
+                    make_client, self.endpoint, self._config.google_insecure, credentials
                 )
             return self._client
 
     def streaming_config(self, locale: str, glossary: Glossary) -> Any:
         """The first request of a stream."""
-        from google.cloud.speech_v2.types import cloud_speech as speech
-
-        recognition = speech.RecognitionConfig(
-            explicit_decoding_config=speech.ExplicitDecodingConfig(
-                encoding=speech.ExplicitDecodingConfig.AudioEncoding.LINEAR16,
-                sample_rate_hertz=self.sample_rate,
-                audio_channel_count=1,
-            ),
-            language_codes=[locale],
-            model=self._config.google_model,
-            features=speech.RecognitionFeatures(enable_automatic_punctuation=True),
-        )
-        phrases = [p for p in glossary.phrases() if len(p) <= MAX_PHRASE_CHARS][:_MAX_PHRASES]
-        boost = self._config.google_phrase_boost
-        if phrases and boost > 0 and self.adaptation_accepted:
-            phrase_set = speech.PhraseSet(
-                phrases=[speech.PhraseSet.Phrase(value=p, boost=boost) for p in phrases]
-            )
-            recognition.adaptation = speech.SpeechAdaptation(
-                phrase_sets=[
-                    speech.SpeechAdaptation.AdaptationPhraseSet(inline_phrase_set=phrase_set)
-                ]
-            )
-        return speech.StreamingRecognizeRequest(
+        return streaming_request(
+            self._config,
             recognizer=self.recognizer(),
-            streaming_config=speech.StreamingRecognitionConfig(
-                config=recognition,
-                streaming_features=speech.StreamingRecognitionFeatures(
-                    interim_results=True, enable_voice_activity_events=True
-                ),
-            ),
+            locale=locale,
+            glossary=glossary,
+            adaptation=self.adaptation_accepted,
         )
 
 
@@ -336,7 +169,7 @@ class _Recognition:
         self,
         engine: GoogleSpeechToText,
         client: Any,
-        tape: _Tape,
+        tape: ReplayTape,
         results: trio.MemorySendChannel[SttResult],
         locale: str,
         glossary: Glossary,
@@ -557,33 +390,3 @@ class _Stream:
             audio_end_s=end / self._r._rate,
             produced_at=trio.current_time(),
         )
-
-
-def _default_credentials() -> tuple[Any, str | None]:
-    import google.auth
-    from google.auth.exceptions import DefaultCredentialsError
-
-    try:
-        return google.auth.default(scopes=_SCOPES)  # type: ignore[no-any-return]
-    except DefaultCredentialsError as exc:
-        raise EngineUnavailable(f"Google credentials: {exc}") from exc
-
-
-async def _make_client(endpoint: str, insecure: bool, credentials: Any) -> Any:
-    """On the bridge's loop: the async client, and its grpc.aio channel."""
-    from google.api_core.client_options import ClientOptions
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud.speech_v2 import SpeechAsyncClient
-    from google.cloud.speech_v2.services.speech.transports import SpeechGrpcAsyncIOTransport
-
-    if insecure:
-        channel = grpc.aio.insecure_channel(endpoint)
-        return SpeechAsyncClient(
-            transport=SpeechGrpcAsyncIOTransport(
-                channel=channel,
-                credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-            )
-        )
-    return SpeechAsyncClient(
-        credentials=credentials, client_options=ClientOptions(api_endpoint=endpoint)
-    )
