@@ -13,7 +13,7 @@ from babel_actors.events import Caption
 from babel_actors.session import Session
 
 if TYPE_CHECKING:
-    from babel_actors.cluster.session import ClusterSession
+    from babel_actors.cluster.ownership import Ownership
 
 
 class Pipeline(Session):
@@ -35,17 +35,17 @@ class Relay:
 
     role = Role.RELAY
 
-    def __init__(self, session: ClusterSession, language: str) -> None:
-        self.session = session
+    def __init__(self, ownership: Ownership, language: str) -> None:
+        self.ownership = ownership
         self.target_lang = language
 
     def send_caption(self, caption: Caption, frame: bytes) -> None:
-        self.session.relay(caption, frame)
+        self.ownership.relay(caption, frame)
 
     def send_notice(self, message: dict[str, Any], frame: bytes) -> None:
         # The source language always has a relay: it alone passes errors on.
-        if message.get("type") == "error" and self.target_lang == self.session.source_lang:
-            self.session.forward_error(message, frame)
+        if message.get("type") == "error" and self.target_lang == self.ownership.source_lang:
+            self.ownership.forward_error(message, frame)
 
     def close(self, code: int, reason: str) -> None:
         return None
