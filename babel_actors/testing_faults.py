@@ -186,6 +186,7 @@ class FaultyTranslator(_Faulted):
         target: str,
         context: Sequence[str] = (),
         glossary: Glossary | None = None,
+        partial: bool = False,
     ) -> str:
         self.calls += 1
         if self.picks(text, source=source, target=target):
@@ -193,7 +194,7 @@ class FaultyTranslator(_Faulted):
             await self._misbehave(f"{source}->{target}")
         extra: dict[str, Any] = {"glossary": glossary} if glossary else {}
         return await self.engine.translate(
-            text, source=source, target=target, context=context, **extra
+            text, source=source, target=target, context=context, partial=partial, **extra
         )
 
     async def _misbehave(self, what: str) -> None:

@@ -1,8 +1,10 @@
 """The ``openai`` translator: the real openai client against a local OpenAI-compatible
-HTTP server (``babel_actors.testing_openai``), and the rate limiter on a virtual clock."""
+HTTP server (``babel_actors.testing_openai``), and the rate limiter on a virtual clock
+(finals before partials included)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,14 +13,23 @@ import pytest
 import trio
 import trio.testing
 
+from babel_actors.actors.translator import translate_segment
 from babel_actors.config import Config
+from babel_actors.engines.breaker import BreakerTranslator
 from babel_actors.engines.openai import OpenAITranslator, build_messages
 from babel_actors.engines.ratelimit import RateLimiter
 from babel_actors.errors import EngineUnavailable, TranslationFailed, UnsupportedLanguage
+from babel_actors.events import Segment
 from babel_actors.glossary import Glossary, Term
 from babel_actors.testing_openai import FakeOpenAI, Reply, running_openai
 
 DEADLINE_S = 15.0
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    """Real time that a test can also move on at once (``clock.jump``)."""
+    return trio.testing.MockClock(rate=1.0)
 
 
 @asynccontextmanager
@@ -194,3 +205,90 @@ async def test_the_rate_limiter_spaces_requests_and_tokens(
     before = trio.current_time()
     await tokens.acquire(1)
     assert trio.current_time() - before == pytest.approx(100.0)
+
+
+async def test_the_rate_limiter_lets_waiting_finals_go_before_waiting_partials(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limiter = RateLimiter(requests_per_minute=1, tokens_per_minute=0)
+    await limiter.acquire(1)
+    start = trio.current_time()
+    admitted: list[tuple[str, float]] = []
+
+    async def request(name: str) -> None:
+        await limiter.acquire(1, urgent=name.startswith("final"))
+        admitted.append((name, trio.current_time() - start))
+
+    with trio.fail_after(600):  # virtual seconds
+        async with trio.open_nursery() as nursery:
+            # The first partial waits on the clock before any final comes.
+            for name in ("partial 1", "partial 2", "final 1", "final 2"):
+                nursery.start_soon(request, name)
+                await trio.testing.wait_all_tasks_blocked()
+    assert [name for name, _ in admitted] == ["final 1", "final 2", "partial 1", "partial 2"]
+    assert [at for _, at in admitted] == pytest.approx([60, 120, 180, 240])
+
+
+async def test_a_final_cancelled_while_waiting_takes_nothing_and_lets_partials_go(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limiter = RateLimiter(requests_per_minute=0, tokens_per_minute=60)  # a token a second
+    await limiter.acquire(60)
+    start = trio.current_time()
+    admitted: list[tuple[str, float]] = []
+
+    async def partial() -> None:
+        await limiter.acquire(1)
+        admitted.append(("partial", trio.current_time() - start))
+
+    async def final() -> None:
+        with trio.move_on_at(start + 10):
+            await limiter.acquire(30, urgent=True)
+            admitted.append(("final", trio.current_time() - start))
+
+    with trio.fail_after(600):  # virtual seconds
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial)
+            await trio.testing.wait_all_tasks_blocked()
+            # Ahead of the partial (due at 1 s), the final would go at 30 s; it gives
+            # up at 10.
+            nursery.start_soon(final)
+        assert admitted == [("partial", pytest.approx(10))]
+        await limiter.acquire(9)
+    assert trio.current_time() - start == pytest.approx(10)
+
+
+async def test_a_final_queued_behind_partials_reaches_the_server_first(
+    clock: trio.testing.MockClock,
+) -> None:
+    """Through the translator actor's call and the circuit breaker, as deployed: with
+    the minute's one request spent, two partials wait, then a final comes; each minute
+    (moved on at once) lets one request go, the final first."""
+    minute = 61.0
+    with trio.fail_after(DEADLINE_S + 3 * minute):
+        async with (
+            running_openai() as fake,
+            translator(fake, openai_requests_per_minute=1, openai_timeout_s=3600) as openai,
+        ):
+            engine = BreakerTranslator(openai, failures=5, reset_s=3600)
+            await engine.translate("Spent.", source="en", target="es")
+            async with trio.open_nursery() as nursery:
+                for seq, (text, is_partial) in enumerate(
+                    [("Partial one", True), ("Partial one two", True), ("Final.", False)]
+                ):
+                    segment = Segment(seq, text, is_partial, "en", recognized_at=0, wall_ms=0)
+                    nursery.start_soon(
+                        functools.partial(
+                            translate_segment, engine, segment, "es", context=(), timeout_s=3600
+                        )
+                    )
+                    await trio.testing.wait_all_tasks_blocked()
+                for seen in (2, 3, 4):
+                    clock.jump(minute)
+                    await fake.wait_for_requests(seen)
+    assert [request.text for request in fake.requests] == [
+        "Spent.",
+        "Final.",
+        "Partial one",
+        "Partial one two",
+    ]

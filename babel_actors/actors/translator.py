@@ -15,6 +15,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 import trio
@@ -50,14 +51,15 @@ async def translate_segment(
         metrics.translation(engine.name, source, target)
     with trio.move_on_after(timeout_s):
         try:
+            # Optional keywords go only when set, as the Translator protocol says.
+            extra: dict[str, Any] = {}
             if glossary:
-                text = await engine.translate(
-                    segment.text, source=source, target=target, context=context, glossary=glossary
-                )
-            else:
-                text = await engine.translate(
-                    segment.text, source=source, target=target, context=context
-                )
+                extra["glossary"] = glossary
+            if segment.is_partial:
+                extra["partial"] = True
+            text = await engine.translate(
+                segment.text, source=source, target=target, context=context, **extra
+            )
             return Caption(segment, target, text, True)
         except BabelError as exc:
             log.warning("translation %s->%s failed: %s", source, target, exc)

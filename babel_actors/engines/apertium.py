@@ -238,8 +238,10 @@ class ApertiumTranslator:
         target: str,
         context: Sequence[str] = (),
         glossary: Glossary | None = None,
+        partial: bool = False,
     ) -> str:
-        """Translate one segment. ``context`` is ignored: Apertium works per sentence.
+        """Translate one segment. ``context`` is ignored (Apertium works per sentence),
+        and so is ``partial``.
 
         Text that is all lower case gets a capital first letter (Apertium's tagger
         reads case); unknown words come back as they are, unmarked. A glossary's

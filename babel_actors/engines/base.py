@@ -77,11 +77,15 @@ class Translator(Protocol):
         target: str,
         context: Sequence[str] = (),
         glossary: Glossary | None = None,
+        partial: bool = False,
     ) -> str:
         """Translate ``text``; ``context`` holds the previous segments, oldest first.
 
-        ``glossary`` holds the session's forced translations and kept words; callers
-        pass it only when it is not empty, so engines without the parameter work.
+        ``glossary`` holds the session's forced translations and kept words;
+        ``partial`` marks a segment still being spoken, soon superseded: an engine
+        that queues requests serves finals first (``openai``); others ignore it.
+        Callers pass each only when set (a glossary that is not empty, ``partial``
+        true).
 
         Raises ``UnsupportedLanguage`` for a pair it lacks and ``TranslationFailed``
         when it cannot deliver; never a provider's own exception type.

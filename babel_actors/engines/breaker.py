@@ -237,6 +237,7 @@ class BreakerTranslator:
         target: str,
         context: Sequence[str] = (),
         glossary: Glossary | None = None,
+        partial: bool = False,
     ) -> str:
         permit = self.breaker.admit()
         if permit is None:
@@ -246,7 +247,7 @@ class BreakerTranslator:
         extra: dict[str, Any] = {"glossary": glossary} if glossary else {}
         try:
             translated = await self.engine.translate(
-                text, source=source, target=target, context=context, **extra
+                text, source=source, target=target, context=context, partial=partial, **extra
             )
         except BaseException as exc:
             call.ended(exc)

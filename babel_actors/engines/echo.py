@@ -39,6 +39,7 @@ class EchoTranslator:
         target: str,
         context: Sequence[str] = (),
         glossary: Glossary | None = None,
+        partial: bool = False,
     ) -> str:
         """``[es] text``; a glossary's forced terms replace theirs, so tests can see it."""
         if target not in self.targets(source):

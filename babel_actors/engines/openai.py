@@ -3,8 +3,9 @@ OpenAI or any OpenAI-compatible server (vLLM, Ollama, llama.cpp, ...).
 
 The prompt asks for the translation only, keeps names and numbers, carries the last
 few segments as context and the session's glossary as rules. Requests are spaced by a
-client-side limiter (requests and tokens per minute); timeouts, 429s, 5xx and
-connection errors are retried with backoff, honouring ``retry-after``.
+client-side limiter (requests and tokens per minute) that lets finals go before
+partials; timeouts, 429s, 5xx and connection errors are retried with backoff,
+honouring ``retry-after``.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def build_messages(
 class OpenAITranslator:
     """Translation by an OpenAI chat model, shared by every session of the process.
 
-    Backpressure: requests wait their turn at the rate limiter, in order.
+    Backpressure: requests wait their turn at the rate limiter, finals before
+    partials, each in order.
     Cancellation: a cancelled call abandons its HTTP request (the client closes it).
     Error handling: timeouts, connection errors, 429 and 5xx are retried
     ``openai_max_retries`` times with backoff (``retry-after`` when the server gives
@@ -149,8 +151,12 @@ class OpenAITranslator:
         target: str,
         context: Sequence[str] = (),
         glossary: Glossary | None = None,
+        partial: bool = False,
     ) -> str:
-        """Translate one segment; ``context`` holds the previous segments, oldest first."""
+        """Translate one segment; ``context`` holds the previous segments, oldest first.
+
+        A ``partial`` waits at the rate limiter behind every final waiting there.
+        """
         for tag in (source, target):
             if tag.split("-")[0] not in LANGUAGE_NAMES:
                 raise UnsupportedLanguage(self.name, tag, frozenset(LANGUAGE_NAMES))
@@ -170,7 +176,7 @@ class OpenAITranslator:
         for attempt in range(config.openai_max_retries + 1):
             if attempt:
                 log.info("openai: %s; retry %d", problem, attempt)
-            await limiter.acquire(estimate)
+            await limiter.acquire(estimate, urgent=not partial)
             try:
                 reply = await self._complete(messages)
             except openai.RateLimitError as exc:

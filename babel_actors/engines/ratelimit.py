@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import trio
 
 
@@ -25,39 +27,67 @@ class _Bucket:
         return max(0.0, missing / self._rate)
 
 
+class _Waiter:
+    """One caller in line; ``turn`` is set when it reaches the front."""
+
+    __slots__ = ("turn",)
+
+    def __init__(self) -> None:
+        self.turn = trio.Event()
+
+
 class RateLimiter:
     """Spaces requests so that neither limit per minute is exceeded; 0 is no limit.
 
-    Callers are served in order (a ``trio.Lock`` is fair). ``settle`` corrects a
-    request's estimate once the server reports what it used; ``pause_until`` holds
-    everyone back after the server said ``retry-after``.
-    Cancellation: a caller cancelled while waiting takes nothing.
+    Waiting urgent callers (finals) are served before every waiting other one
+    (partials); each kind in arrival order. The caller at the front of the line waits
+    on the clock, the rest for their turn. ``settle`` corrects a request's
+    estimate once the server reports what it used; ``pause_until`` holds everyone
+    back after the server said ``retry-after``.
+    Cancellation: a caller cancelled while waiting takes nothing and leaves the line;
+    the next one moves up.
     """
 
     def __init__(self, requests_per_minute: int, tokens_per_minute: int) -> None:
         now = trio.current_time()
         self._requests = _Bucket(requests_per_minute, now) if requests_per_minute > 0 else None
         self._tokens = _Bucket(tokens_per_minute, now) if tokens_per_minute > 0 else None
-        self._lock = trio.Lock()
+        self._urgent: deque[_Waiter] = deque()
+        self._other: deque[_Waiter] = deque()
         self._paused_until = -float("inf")
 
-    async def acquire(self, tokens: int) -> None:
-        """Wait until one request of about ``tokens`` tokens may go, and count it."""
-        async with self._lock:
+    async def acquire(self, tokens: int, *, urgent: bool = False) -> None:
+        """Wait until one request of about ``tokens`` tokens may go, and count it.
+
+        An ``urgent`` request goes before any non-urgent one still waiting; one
+        already admitted is never taken back.
+        """
+        await trio.lowlevel.checkpoint()
+        line = self._urgent if urgent else self._other
+        me = _Waiter()
+        line.append(me)
+        try:
             while True:
-                now = trio.current_time()
-                wait = max(0.0, self._paused_until - now)
-                for bucket, amount in ((self._requests, 1), (self._tokens, tokens)):
-                    if bucket is not None:
-                        bucket.refill(now)
-                        wait = max(wait, bucket.wait_for(amount))
-                if wait <= 0:
-                    break
-                await trio.sleep(wait)
-            if self._requests is not None:
-                self._requests.level -= 1
-            if self._tokens is not None:
-                self._tokens.level -= tokens
+                if self._front() is me:
+                    delay = self._delay(tokens)
+                    if delay <= 0:
+                        break
+                    await trio.sleep(delay)
+                else:
+                    # A fresh event: the old one may be set from a turn that a final,
+                    # arriving before this caller woke, took over.
+                    me.turn = trio.Event()
+                    await me.turn.wait()
+        finally:
+            was_front = self._front() is me
+            line.remove(me)
+            front = self._front()
+            if was_front and front is not None:
+                front.turn.set()
+        if self._requests is not None:
+            self._requests.level -= 1
+        if self._tokens is not None:
+            self._tokens.level -= tokens
 
     def settle(self, estimated: int, used: int) -> None:
         """Count ``used`` tokens instead of the ``estimated`` ones already taken."""
@@ -67,3 +97,17 @@ class RateLimiter:
     def pause_until(self, deadline: float) -> None:
         """Let no request go before ``deadline`` (``trio.current_time()`` clock)."""
         self._paused_until = max(self._paused_until, deadline)
+
+    def _front(self) -> _Waiter | None:
+        line = self._urgent or self._other
+        return line[0] if line else None
+
+    def _delay(self, tokens: int) -> float:
+        """Seconds until one request of ``tokens`` tokens may go."""
+        now = trio.current_time()
+        delay = max(0.0, self._paused_until - now)
+        for bucket, amount in ((self._requests, 1), (self._tokens, tokens)):
+            if bucket is not None:
+                bucket.refill(now)
+                delay = max(delay, bucket.wait_for(amount))
+        return delay
