@@ -21,44 +21,38 @@ Backpressure: ``publish_*`` append to an outbox drained by one task in pipelined
 batches; while Redis is unreachable the outbox keeps up to ``redis_outbox`` finals and
 controls (partials are dropped) and is flushed, in order, when Redis returns.
 Cancellation: the store's tasks run in the nursery of ``open_redis_store``.
-Error handling: coredis errors and timeouts become ``StoreUnavailable`` here, and
-``health()`` says since when Redis has been unreachable.
+Error handling: coredis errors and timeouts become ``StoreUnavailable`` at the
+boundary of ``redis_link``, and ``health()`` says since when Redis has been
+unreachable. The bus's subscriptions and message format are in ``redis_bus``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
 import coredis
 import trio
-from coredis.exceptions import RedisError
-from coredis.retry import ExponentialBackoffRetryPolicy
 from coredis.tokens import PureToken
 
 from babel_actors.config import Config
 from babel_actors.store import redis_scripts as scripts
 from babel_actors.store.base import (
-    BusCaption,
-    BusControl,
     BusEvent,
-    BusResync,
     SessionRecord,
     SessionState,
     StoredFinal,
     StoreUnavailable,
 )
+from babel_actors.store.redis_bus import RedisBus, caption_header, control_message
+from babel_actors.store.redis_link import RedisLink, redacted
 from babel_actors.wire.server import now_ms
 
 log = logging.getLogger(__name__)
 
-SEP = b"\x1f"
-"""Separates a bus message's header fields; JSON escapes it, so payloads never hold it."""
 _PAGE = 256
 _BATCH = 128
 
@@ -68,14 +62,6 @@ def _key(session_id: str, part: str) -> str:
 
 def _code_key(code: str) -> str:
     return f"babel:code:{code}"
-
-
-def redacted(url: str) -> str:
-    """``url`` without its password, for logs and ``/health``."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 @asynccontextmanager
@@ -96,8 +82,8 @@ async def open_redis_store(config: Config, node: str) -> AsyncIterator[RedisStor
     async with client, trio.open_nursery() as nursery:
         store = RedisStore(config, node, client, nursery)
         nursery.start_soon(store._publish_loop)
-        nursery.start_soon(store._subscribe_loop)
-        nursery.start_soon(store._probe_loop)
+        nursery.start_soon(store._bus.run)
+        nursery.start_soon(store._link.probe_loop)
         try:
             yield store
         finally:
@@ -121,7 +107,8 @@ class RedisStore:
         self.config = config
         self.node = node
         self._client = client
-        self._nursery = nursery
+        self._link = RedisLink(config, client)
+        self._bus = RedisBus(config, client, self._link, nursery)
         self._ttl_ms = int(config.redis_owner_ttl_s * 1000)
         self._retention_ms = int(config.redis_retention_s * 1000)
         self._publish = client.register_script(scripts.PUBLISH)
@@ -135,12 +122,6 @@ class RedisStore:
         """Queued writes: (droppable, script or "" to publish, keys, args)."""
         self._outbox_ready = trio.Event()
         self._drained = trio.Event()
-        self._handlers: dict[bytes, tuple[str, Callable[[BusEvent], None]]] = {}
-        self._awaiting: set[bytes] = set()
-        self._pubsub: Any = None
-        self.connected = False
-        self.last_error = "not connected yet"
-        self.down_since_ms = now_ms()
         self.dropped_partials = 0
         self.dropped_finals = 0
 
@@ -149,19 +130,19 @@ class RedisStore:
             "backend": self.name,
             "node": self.node,
             "url": redacted(self.config.redis_url),
-            "connected": self.connected,
+            "connected": self._link.connected,
             "outbox": len(self._outbox),
-            "subscriptions": len(self._handlers),
+            "subscriptions": self._bus.followed,
         }
-        if not self.connected:
-            report["error"] = self.last_error
-            report["downSinceMs"] = self.down_since_ms
+        if not self._link.connected:
+            report["error"] = self._link.last_error
+            report["downSinceMs"] = self._link.down_since_ms
         return report
 
     # --- records -----------------------------------------------------------------
 
     async def create(self, record: SessionRecord) -> bool:
-        with self._boundary():
+        with self._link.boundary():
             taken = not await self._client.set(
                 _code_key(record.code), record.id.encode(), px=self._retention_ms,
                 condition=PureToken.NX,
@@ -184,7 +165,7 @@ class RedisStore:
         return True
 
     async def load(self, session_id: str) -> SessionRecord | None:
-        with self._boundary():
+        with self._link.boundary():
             fields = await self._client.hgetall(_key(session_id, "meta"))
         meta = {k.decode(): v.decode() for k, v in fields.items()}
         if "ended" in meta or "code" not in meta:
@@ -194,13 +175,13 @@ class RedisStore:
         )
 
     async def resolve(self, code: str) -> str | None:
-        with self._boundary():
+        with self._link.boundary():
             found = await self._client.get(_code_key(code))
         return found.decode() if found else None
 
     async def end(self, session_id: str, reason: str, message: str) -> None:
         keys, args = self._end_call(session_id, reason, message)
-        with self._boundary():
+        with self._link.boundary():
             await self._end(keys=keys, args=args)
 
     def end_soon(self, session_id: str, reason: str, message: str) -> None:
@@ -210,7 +191,7 @@ class RedisStore:
     def _end_call(
         self, session_id: str, reason: str, message: str
     ) -> tuple[list[str], list[str | bytes | int]]:
-        event = self._control_message("ended", {"reason": reason, "message": message})
+        event = control_message(self.node, "ended", {"reason": reason, "message": message})
         return (
             [_key(session_id, "meta"), _key(session_id, "owner")],
             [reason, message, _key(session_id, "bus"), event, session_id, self._retention_ms],
@@ -219,7 +200,7 @@ class RedisStore:
     # --- ownership and audiences -------------------------------------------------
 
     async def claim(self, session_id: str) -> int:
-        with self._boundary():
+        with self._link.boundary():
             seq: Any = await self._claim(
                 keys=[_key(session_id, "meta"), _key(session_id, "owner")],
                 args=[self.node, self._ttl_ms, self._retention_ms],
@@ -242,8 +223,8 @@ class RedisStore:
         ]
         for language, count in counts.items():
             args += [language, count]
-        self._reconcile(session_id)
-        with self._boundary():
+        self._bus.reconcile(_key(session_id, "bus").encode())
+        with self._link.boundary():
             reply: Any = await self._tick(
                 keys=[_key(session_id, "meta"), _key(session_id, "owner"),
                       _key(session_id, f"aud:{self.node}"), _key(session_id, "auds"),
@@ -256,17 +237,17 @@ class RedisStore:
     async def set_audience(self, session_id: str, counts: Mapping[str, int]) -> None:
         args: list[str | int | bytes] = [
             self.node, self._ttl_ms, _key(session_id, "bus"),
-            self._control_message("audience", {}), self._retention_ms,
+            control_message(self.node, "audience", {}), self._retention_ms,
         ]
         for language, count in counts.items():
             args += [language, count]
-        with self._boundary():
+        with self._link.boundary():
             await self._set_audience(
                 keys=[_key(session_id, f"aud:{self.node}"), _key(session_id, "auds")], args=args
             )
 
     async def audience(self, session_id: str) -> dict[str, dict[str, int]]:
-        with self._boundary():
+        with self._link.boundary():
             flat: Any = await self._audience(
                 keys=[_key(session_id, "auds")], args=[_key(session_id, "aud:")]
             )
@@ -281,8 +262,7 @@ class RedisStore:
     def publish_caption(
         self, session_id: str, lang: str, seq: int, is_final: bool, payload: bytes
     ) -> None:
-        header = SEP.join([b"C", self.node.encode(), lang.encode(), str(seq).encode(),
-                           b"1" if is_final else b"0", b""])
+        header = caption_header(self.node, lang, seq, is_final)
         self._enqueue(
             not is_final,
             "publish",
@@ -293,11 +273,11 @@ class RedisStore:
 
     def publish_control(self, session_id: str, kind: str, data: Mapping[str, Any]) -> None:
         # The same queue as captions: an event stays behind the captions before it.
-        message = self._control_message(kind, data)
+        message = control_message(self.node, kind, data)
         self._enqueue(False, "", [], [_key(session_id, "bus"), message])
 
     async def add_rendering(self, session_id: str, lang: str, seq: int, payload: bytes) -> None:
-        with self._boundary():
+        with self._link.boundary():
             await self._client.xadd(
                 _key(session_id, "log"),
                 {"seq": str(seq), "lang": lang, "live": "0", "msg": payload},
@@ -314,7 +294,7 @@ class RedisStore:
         found: list[StoredFinal] = []
         end = "+"
         while True:
-            with self._boundary():
+            with self._link.boundary():
                 page = await self._client.xrevrange(
                     _key(session_id, "log"), end=end, start="-", count=_PAGE
                 )
@@ -339,36 +319,10 @@ class RedisStore:
         return sorted((f for f in found if f.seq in keep), key=lambda f: f.seq)
 
     async def subscribe(self, session_id: str, handler: Callable[[BusEvent], None]) -> None:
-        channel = _key(session_id, "bus").encode()
-        self._handlers[channel] = (session_id, handler)
-        pubsub = self._pubsub
-        if pubsub is None:
-            raise StoreUnavailable(f"Redis is unreachable: {self.last_error}")
-        self._awaiting.add(channel)
-        try:
-            with self._boundary():
-                await pubsub.subscribe(channel)
-        except StoreUnavailable:
-            self._awaiting.discard(channel)
-            raise
+        await self._bus.subscribe(_key(session_id, "bus").encode(), handler)
 
     def unsubscribe(self, session_id: str) -> None:
-        channel = _key(session_id, "bus").encode()
-        if self._handlers.pop(channel, None) is not None and self._pubsub is not None:
-            self._nursery.start_soon(self._unsubscribe, self._pubsub, channel)
-
-    def _reconcile(self, session_id: str) -> None:
-        """Subscribe again to a followed session whose subscription failed while Redis
-        was unreachable; the confirmation reaches it as ``BusResync``."""
-        channel = _key(session_id, "bus").encode()
-        pubsub = self._pubsub
-        if (
-            pubsub is not None
-            and channel in self._handlers
-            and channel not in pubsub.channels
-            and channel not in self._awaiting
-        ):
-            self._nursery.start_soon(self._resubscribe, pubsub, channel)
+        self._bus.unsubscribe(_key(session_id, "bus").encode())
 
     async def flushed(self) -> None:
         """Wait until the outbox is empty."""
@@ -377,19 +331,6 @@ class RedisStore:
             await self._drained.wait()
 
     # --- tasks ---------------------------------------------------------------------
-
-    async def _probe_loop(self) -> None:
-        """PING Redis now and then, so ``health()`` is current even on an idle node:
-        every ``redis_retry_s`` while it is unreachable, every heartbeat while not."""
-        while True:
-            try:
-                with self._boundary():
-                    await self._client.ping()
-            except StoreUnavailable:
-                pass
-            await trio.sleep(
-                self.config.redis_owner_ttl_s / 3 if self.connected else self.config.redis_retry_s
-            )
 
     async def _publish_loop(self) -> None:
         """Drain the outbox in pipelined batches, in order; on failure wait and retry
@@ -401,7 +342,7 @@ class RedisStore:
                 continue
             batch = [self._outbox[i] for i in range(min(_BATCH, len(self._outbox)))]
             try:
-                with self._boundary():
+                with self._link.boundary():
                     async with self._client.pipeline(transaction=False) as pipe:
                         for _, script, keys, args in batch:
                             if script:
@@ -416,80 +357,13 @@ class RedisStore:
             if not self._outbox:
                 self._drained.set()
 
-    async def _subscribe_loop(self) -> None:
-        """One pub/sub connection for every session this node follows. coredis
-        reconnects and resubscribes by itself; each resubscription reaches the
-        session's handler as ``BusResync``."""
-        policy = ExponentialBackoffRetryPolicy(
-            (RedisError, TimeoutError, OSError),
-            retries=None,
-            base_delay=self.config.redis_retry_s / 4,
-            max_delay=self.config.redis_retry_s,
-            jitter=False,
-        )
-        while True:
-            try:
-                async with self._client.pubsub(retry_policy=policy) as pubsub:
-                    self._pubsub = pubsub
-                    for channel in list(self._handlers):
-                        self._nursery.start_soon(self._resubscribe, pubsub, channel)
-                    while True:
-                        message = await pubsub.get_message()
-                        if message is not None:
-                            self._dispatch(message)
-            except _UNREACHABLE as exc:
-                self._down(exc)
-            except BaseExceptionGroup as group:
-                unreachable, other = group.split(_UNREACHABLE)
-                if other is not None or unreachable is None:
-                    raise
-                self._down(_first(unreachable))
-            finally:
-                self._pubsub = None
-            await trio.sleep(self.config.redis_retry_s)
-
-    async def _resubscribe(self, pubsub: Any, channel: bytes) -> None:
-        try:
-            with self._boundary():
-                await pubsub.subscribe(channel)
-        except StoreUnavailable:
-            log.warning("could not resubscribe to %s", channel.decode())
-
-    async def _unsubscribe(self, pubsub: Any, channel: bytes) -> None:
-        try:
-            with self._boundary():
-                await pubsub.unsubscribe(channel)
-        except StoreUnavailable:
-            return
-
-    def _dispatch(self, message: Mapping[str, Any]) -> None:
-        channel = message.get("channel")
-        if not isinstance(channel, bytes) or channel not in self._handlers:
-            return
-        _, handler = self._handlers[channel]
-        if message["type"] == "subscribe":
-            if channel in self._awaiting:
-                self._awaiting.discard(channel)
-            else:
-                handler(BusResync())
-            return
-        if message["type"] != "message":
-            return
-        event = _parse(message["data"])
-        if event is not None:
-            handler(event)
-
     # --- plumbing ------------------------------------------------------------------
-
-    def _control_message(self, kind: str, data: Mapping[str, Any]) -> bytes:
-        body = json.dumps(dict(data), separators=(",", ":")).encode()
-        return SEP.join([b"K", self.node.encode(), kind.encode(), body])
 
     def _enqueue(
         self, droppable: bool, script: str, keys: list[str], args: list[str | bytes | int]
     ) -> None:
         outbox = self._outbox
-        if droppable and (not self.connected or len(outbox) >= self.config.redis_outbox):
+        if droppable and (not self._link.connected or len(outbox) >= self.config.redis_outbox):
             self.dropped_partials += 1
             return
         outbox.append((droppable, script, keys, args))
@@ -503,44 +377,6 @@ class RedisStore:
                     log.warning("Redis outbox full: %d finals dropped", self.dropped_finals)
         self._outbox_ready.set()
 
-    @contextmanager
-    def _boundary(self) -> Iterator[None]:
-        """Map coredis's errors and our own timeout to ``StoreUnavailable``."""
-        try:
-            with trio.fail_after(self.config.redis_timeout_s * 2):
-                yield
-        except _UNREACHABLE as exc:
-            self._down(exc)
-            raise StoreUnavailable(f"Redis is unreachable: {self.last_error}") from None
-        except BaseExceptionGroup as group:
-            # coredis runs connections in task groups, whose errors arrive grouped.
-            unreachable, other = group.split(_UNREACHABLE)
-            if other is not None or unreachable is None:
-                raise
-            self._down(_first(unreachable))
-            raise StoreUnavailable(f"Redis is unreachable: {self.last_error}") from None
-        if not self.connected:
-            log.info("Redis reachable at %s", redacted(self.config.redis_url))
-            self.connected = True
-
-    def _down(self, exc: BaseException) -> None:
-        self.last_error = f"{type(exc).__name__}: {exc}"[:200]
-        if self.connected:
-            log.warning("Redis unreachable: %s", self.last_error)
-            self.connected = False
-            self.down_since_ms = now_ms()
-
-
-_UNREACHABLE = (RedisError, TimeoutError, OSError, trio.TooSlowError)
-"""What Redis being away (or too slow) looks like through coredis."""
-
-
-def _first(group: BaseExceptionGroup[Any]) -> BaseException:
-    leaf: BaseException = group
-    while isinstance(leaf, BaseExceptionGroup):
-        leaf = leaf.exceptions[0]
-    return leaf
-
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -548,15 +384,3 @@ def _text(value: Any) -> str:
 
 def _bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
-
-
-def _parse(data: Any) -> BusEvent | None:
-    if not isinstance(data, bytes):
-        return None
-    if data.startswith(b"C" + SEP):
-        _, origin, lang, seq, final, payload = data.split(SEP, 5)
-        return BusCaption(origin.decode(), lang.decode(), int(seq), final == b"1", payload)
-    if data.startswith(b"K" + SEP):
-        _, origin, kind, body = data.split(SEP, 3)
-        return BusControl(origin.decode(), kind.decode(), json.loads(body))
-    return None
