@@ -17,12 +17,11 @@ import enum
 import math
 import threading
 from collections.abc import Sequence
-from typing import Any
 
 import attrs
 import trio
 
-from babel_actors.engines.base import SpeechToText, Translator
+from babel_actors.engines.base import SpeechToText, Translator, optional_keywords
 from babel_actors.errors import EngineError, TranslationFailed
 from babel_actors.events import AudioEvent, SttResult
 from babel_actors.glossary import Glossary
@@ -192,9 +191,9 @@ class FaultyTranslator(_Faulted):
         if self.picks(text, source=source, target=target):
             self._victims.add()
             await self._misbehave(f"{source}->{target}")
-        extra: dict[str, Any] = {"glossary": glossary} if glossary else {}
+        extra = optional_keywords(glossary, partial=partial)
         return await self.engine.translate(
-            text, source=source, target=target, context=context, partial=partial, **extra
+            text, source=source, target=target, context=context, **extra
         )
 
     async def _misbehave(self, what: str) -> None:
@@ -259,7 +258,7 @@ class FaultySpeechToText(_Faulted):
         glossary: Glossary | None = None,
     ) -> None:
         self.streams += 1
-        extra: dict[str, Any] = {"glossary": glossary} if glossary else {}
+        extra = optional_keywords(glossary)
         if self._languages is not None and language not in self._languages:
             await self.engine.transcribe(audio, results, language=language, **extra)
             return

@@ -15,12 +15,11 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import attrs
 import trio
 
-from babel_actors.engines.base import Translator
+from babel_actors.engines.base import Translator, optional_keywords
 from babel_actors.errors import BabelError
 from babel_actors.events import Caption, Segment
 from babel_actors.glossary import Glossary
@@ -51,12 +50,7 @@ async def translate_segment(
         metrics.translation(engine.name, source, target)
     with trio.move_on_after(timeout_s):
         try:
-            # Optional keywords go only when set, as the Translator protocol says.
-            extra: dict[str, Any] = {}
-            if glossary:
-                extra["glossary"] = glossary
-            if segment.is_partial:
-                extra["partial"] = True
+            extra = optional_keywords(glossary, partial=segment.is_partial)
             text = await engine.translate(
                 segment.text, source=source, target=target, context=context, **extra
             )

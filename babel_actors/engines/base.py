@@ -7,7 +7,7 @@ many sessions at once; an adapter serialises whatever must be serial on its own.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import trio
 
@@ -95,3 +95,13 @@ class Translator(Protocol):
     async def aclose(self) -> None:
         """Release process-wide resources (subprocesses, HTTP clients)."""
         ...
+
+
+def optional_keywords(glossary: Glossary | None, *, partial: bool = False) -> dict[str, Any]:
+    """The optional keywords of ``translate`` and ``transcribe`` that are set: a
+    glossary that is not empty, ``partial`` when true. Callers and wrappers pass only
+    these, so an engine need not declare what it is never offered."""
+    keywords: dict[str, Any] = {"glossary": glossary} if glossary else {}
+    if partial:
+        keywords["partial"] = True
+    return keywords

@@ -21,12 +21,11 @@ import enum
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import attrs
 import trio
 
-from babel_actors.engines.base import SpeechToText, Translator
+from babel_actors.engines.base import SpeechToText, Translator, optional_keywords
 from babel_actors.errors import EngineError, TranslationFailed
 from babel_actors.events import AudioEvent, SttResult
 from babel_actors.glossary import Glossary
@@ -244,10 +243,10 @@ class BreakerTranslator:
             await trio.lowlevel.checkpoint()
             raise TranslationFailed(_open_message(self.breaker))
         call = _Call(self.breaker, permit)
-        extra: dict[str, Any] = {"glossary": glossary} if glossary else {}
+        extra = optional_keywords(glossary, partial=partial)
         try:
             translated = await self.engine.translate(
-                text, source=source, target=target, context=context, partial=partial, **extra
+                text, source=source, target=target, context=context, **extra
             )
         except BaseException as exc:
             call.ended(exc)
@@ -305,7 +304,7 @@ class BreakerSpeechToText:
             await trio.lowlevel.checkpoint()
             raise EngineError(_open_message(self.breaker))
         call = _Call(self.breaker, permit)
-        extra: dict[str, Any] = {"glossary": glossary} if glossary else {}
+        extra = optional_keywords(glossary)
         try:
             async with trio.open_nursery() as nursery:
                 passed_send, passed_receive = trio.open_memory_channel[SttResult](1)
