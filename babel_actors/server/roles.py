@@ -289,7 +289,9 @@ def _change_language(peer: WebSocketPeer, session: Session, language: str) -> No
 
 async def _parsed(peer: WebSocketPeer, max_sample_rate: int):  # type: ignore[no-untyped-def]
     """The peer's messages, parsed; a malformed one is answered with ``error`` (400)
-    and skipped. Framing errors and oversize messages close the connection."""
+    and skipped. Framing errors and oversize messages close the connection. Each is
+    counted once parsed: binary frames and ``audio`` as audio, the rest (malformed
+    ones included) as control."""
     async for raw in peer.messages():
         try:
             message: ClientMessage
@@ -298,8 +300,10 @@ async def _parsed(peer: WebSocketPeer, max_sample_rate: int):  # type: ignore[no
             else:
                 message = parse_text(raw, max_sample_rate=max_sample_rate)
         except ProtocolError as exc:
+            peer.count_in(audio=isinstance(raw, bytes))
             peer.error(exc.message)
             continue
+        peer.count_in(audio=isinstance(message, Audio))
         yield message
 
 
