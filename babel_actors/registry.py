@@ -8,6 +8,7 @@ from collections.abc import Container
 
 import trio
 
+from babel_actors.clock import now_ms
 from babel_actors.cluster import ClusterSession
 from babel_actors.config import Config
 from babel_actors.engines.base import SpeechToText, Translator
@@ -15,7 +16,6 @@ from babel_actors.metrics import Metrics
 from babel_actors.session import Session
 from babel_actors.stages import StageRecorder
 from babel_actors.store import MemoryStore, SessionRecord, SessionStore
-from babel_actors.wire.server import now_ms
 
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 """Session-code characters: no 0/O, 1/I/L look-alikes, so a code read aloud or off a

@@ -23,6 +23,7 @@ from babel_actors.actors.splitter import Splitter, run_splitter
 from babel_actors.actors.stt import run_stt
 from babel_actors.actors.translator import run_translator, translate_segment
 from babel_actors.audience import Audience, Member, Role
+from babel_actors.clock import now_ms
 from babel_actors.config import Config
 from babel_actors.engines.base import SpeechToText, Translator
 from babel_actors.errors import UnsupportedLanguage
@@ -44,7 +45,6 @@ from babel_actors.wire.server import (
     caption_message,
     error_message,
     message_frame,
-    now_ms,
     session_ended_message,
 )
 

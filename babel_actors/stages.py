@@ -26,9 +26,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from babel_actors.clock import now_ms
 from babel_actors.events import Caption
 from babel_actors.metrics import Metrics
-from babel_actors.wire.server import now_ms
 
 STAGES = ("ingest", "stt", "splitter", "translator", "broadcaster")
 """The pipeline's stages, in order."""

@@ -216,7 +216,7 @@ def main() -> None:
         print(json.dumps(run(args.address, args.streams[0], args.seconds)), flush=True)
         return
     emulator = subprocess.Popen(
-        [sys.executable, "-m", "babel_actors.testing_google", "--echo"],
+        [sys.executable, "-m", "babel_actors.testing.google", "--echo"],
         stdout=subprocess.PIPE,
         text=True,
         env=dict(os.environ, GRPC_VERBOSITY="ERROR"),

@@ -159,7 +159,7 @@ def _speech(sentences: list[str], args: argparse.Namespace) -> dict[str, Any]:
     starts and ends in it (samples)."""
     import numpy as np
 
-    from babel_actors.testing_speech import SpeechToolMissing, read_wav_pcm, synthesize
+    from babel_actors.testing.speech import SpeechToolMissing, read_wav_pcm, synthesize
 
     rate = args.sample_rate
     pcm = bytearray(b"\0\0" * rate)
@@ -194,7 +194,7 @@ def _analyse(
     chunk_s: float,
     warmup: int,
 ) -> dict[str, Any]:
-    from babel_actors.testing_speech import word_error_rate
+    from babel_actors.testing.speech import word_error_rate
 
     host = collected.host_of()[0]
     sent = collected.sent[host]

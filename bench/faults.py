@@ -3,7 +3,7 @@
 A healthy session (scripted STT, echo MT; a host streaming at real-time pace, one
 listener per ``--languages``) is measured alone, then beside a healthy second session
 (the control), then beside a second session whose engine misbehaves
-(``babel_actors.testing_faults``): its speech stream (source ``fr``) or its
+(``babel_actors.testing.faults``): its speech stream (source ``fr``) or its
 translations (its listener reads ``de``) hang, fail, are slow (awaiting) or block a
 worker thread. Reported per run: the healthy session's final latency (p50/p95/p99/max
 from the scripted chunk to the listener's socket), finals lost, and what the faulty
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _engines(case: Case, args: argparse.Namespace, timeline: Timeline) -> tuple[Any, Any]:
     from babel_actors.testing import EchoTranslator, ScriptedSpeechToText, ScriptLine
-    from babel_actors.testing_faults import Fault, FaultySpeechToText, FaultyTranslator
+    from babel_actors.testing.faults import Fault, FaultySpeechToText, FaultyTranslator
 
     script = [ScriptLine(line.at_s, line.text, line.final) for line in timeline.lines]
     stt: Any = ScriptedSpeechToText(script, languages=frozenset({"en", FAULTY_SOURCE}))

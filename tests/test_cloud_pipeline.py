@@ -22,14 +22,14 @@ from babel_actors.testing import (
     sentence_script,
     silence,
 )
-from babel_actors.testing_google import (
+from babel_actors.testing.google import (
     RunningEmulator,
     SpeechEmulator,
     StreamPlan,
     WordCodec,
     running_speech_emulator,
 )
-from babel_actors.testing_openai import FakeOpenAI, Reply, running_openai
+from babel_actors.testing.openai import FakeOpenAI, Reply, running_openai
 
 DEADLINE_S = 30.0
 SENTENCES = [

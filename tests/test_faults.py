@@ -44,7 +44,7 @@ from babel_actors.testing import (
     sentence_script,
     silence,
 )
-from babel_actors.testing_faults import Fault, FaultySpeechToText, FaultyTranslator
+from babel_actors.testing.faults import Fault, FaultySpeechToText, FaultyTranslator
 
 SPOKEN = 3
 """Sentences the faulty session's host speaks."""

@@ -1,5 +1,5 @@
 """The ``google`` engine: the real google-cloud-speech client, over real gRPC, against
-the local Speech v2 emulator (``babel_actors.testing_google``)."""
+the local Speech v2 emulator (``babel_actors.testing.google``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from babel_actors.engines.google import MAX_AUDIO_BYTES, GoogleSpeechToText
 from babel_actors.errors import EngineError, EngineUnavailable
 from babel_actors.events import AudioEvent, AudioFrame, EndOfSpeech, SttResult
 from babel_actors.glossary import Glossary, Term
-from babel_actors.testing_google import (
+from babel_actors.testing.google import (
     RunningEmulator,
     SpeechEmulator,
     StreamPlan,

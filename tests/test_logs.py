@@ -33,7 +33,7 @@ from babel_actors.testing import (
     running_server,
     sentence_script,
 )
-from babel_actors.testing_faults import Fault, FaultySpeechToText, FaultyTranslator
+from babel_actors.testing.faults import Fault, FaultySpeechToText, FaultyTranslator
 
 TIMEOUT_S = 20
 STARTUP_S = 60.0

@@ -27,7 +27,7 @@ from babel_actors.testing import (
     sentence_script,
     silence,
 )
-from babel_actors.testing_faults import Fault, FaultySpeechToText, FaultyTranslator
+from babel_actors.testing.faults import Fault, FaultySpeechToText, FaultyTranslator
 
 TIMEOUT_S = 20
 SENTENCES = [f"metrics sentence {n} is spoken" for n in range(1, 5)]

@@ -1,5 +1,5 @@
 """The ``openai`` translator: the real openai client against a local OpenAI-compatible
-HTTP server (``babel_actors.testing_openai``), and the rate limiter on a virtual clock
+HTTP server (``babel_actors.testing.openai``), and the rate limiter on a virtual clock
 (finals before partials included)."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from babel_actors.engines.ratelimit import RateLimiter
 from babel_actors.errors import EngineUnavailable, TranslationFailed, UnsupportedLanguage
 from babel_actors.events import Segment
 from babel_actors.glossary import Glossary, Term
-from babel_actors.testing_openai import FakeOpenAI, Reply, running_openai
+from babel_actors.testing.openai import FakeOpenAI, Reply, running_openai
 
 DEADLINE_S = 15.0
 

@@ -24,7 +24,7 @@ from babel_actors.config import Config
 from babel_actors.engines.apertium import ApertiumTranslator
 from babel_actors.engines.whisper import WhisperSpeechToText
 from babel_actors.testing import ProtocolClient, connect, running_server
-from babel_actors.testing_speech import read_wav_pcm, synthesize, word_error_rate
+from babel_actors.testing.speech import read_wav_pcm, synthesize, word_error_rate
 
 SENTENCES = (
     "The quick brown fox jumps over the lazy dog near the river bank.",

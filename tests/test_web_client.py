@@ -38,7 +38,7 @@ from babel_actors.testing import (
     running_server,
     sentence_script,
 )
-from babel_actors.testing_speech import read_wav_pcm, synthesize
+from babel_actors.testing.speech import read_wav_pcm, synthesize
 
 sync_api = pytest.importorskip("playwright.sync_api")
 

@@ -20,7 +20,7 @@ from babel_actors.engines.base import SpeechToText
 from babel_actors.engines.whisper import WhisperSpeechToText, _Utterances
 from babel_actors.errors import EngineError, EngineUnavailable, UnsupportedLanguage
 from babel_actors.events import AudioEvent, AudioFrame, EndOfSpeech, SttResult
-from babel_actors.testing_speech import read_wav_pcm, synthesize, word_error_rate
+from babel_actors.testing.speech import read_wav_pcm, synthesize, word_error_rate
 
 SENTENCES = (
     "The quick brown fox jumps over the lazy dog near the river bank.",

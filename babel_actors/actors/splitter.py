@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import trio
 
+from babel_actors.clock import now_ms
 from babel_actors.events import Segment, SttResult
-from babel_actors.wire.server import now_ms
 
 
 class Splitter:

@@ -41,6 +41,7 @@ import trio
 
 from babel_actors import logs
 from babel_actors.audience import Member
+from babel_actors.clock import now_ms
 from babel_actors.cluster import catchup
 from babel_actors.cluster.catchup import Rendered
 from babel_actors.cluster.follower import Follower
@@ -59,7 +60,6 @@ from babel_actors.wire.server import (
     encode,
     error_message,
     message_frame,
-    now_ms,
     text_frame,
 )
 

@@ -29,8 +29,8 @@ from babel_actors.server.access import (
     wide_limit_key,
 )
 from babel_actors.server.limits import AudioMeter, ClientCounts, FailureWindow, LiveCounts
-from babel_actors.server.websocket import POLICY, TRY_AGAIN_LATER
 from babel_actors.session import Session
+from babel_actors.wire.closes import POLICY, TRY_AGAIN_LATER
 
 UNAUTHORIZED = 401
 FORBIDDEN = 403

@@ -19,7 +19,8 @@ from babel_actors.server.guard import REQUEST_TIMEOUT, Guard, Refusal
 from babel_actors.server.roles import Caller, refuse, serve_role
 from babel_actors.server.routes import Api, Request, allowed_methods
 from babel_actors.server.static import Asset
-from babel_actors.server.websocket import SERVER_ERROR, TOO_BIG, WebSocketPeer, accept_key
+from babel_actors.server.websocket import WebSocketPeer, accept_key
+from babel_actors.wire.closes import SERVER_ERROR, TOO_BIG
 
 log = logging.getLogger(__name__)
 

@@ -9,16 +9,11 @@ from collections.abc import Mapping
 import attrs
 
 from babel_actors.audience import Role
+from babel_actors.clock import now_ms
 from babel_actors.errors import ProtocolError, UnsupportedLanguage
 from babel_actors.registry import Registry
 from babel_actors.server.guard import Guard, Refusal
-from babel_actors.server.websocket import (
-    GOING_AWAY,
-    NORMAL,
-    POLICY,
-    TRY_AGAIN_LATER,
-    WebSocketPeer,
-)
+from babel_actors.server.websocket import WebSocketPeer
 from babel_actors.session import Session
 from babel_actors.store import StoreUnavailable
 from babel_actors.wire.client import (
@@ -32,7 +27,7 @@ from babel_actors.wire.client import (
     parse_binary,
     parse_text,
 )
-from babel_actors.wire.server import now_ms
+from babel_actors.wire.closes import GOING_AWAY, NORMAL, POLICY, TRY_AGAIN_LATER
 
 log = logging.getLogger(__name__)
 

@@ -25,17 +25,16 @@ from babel_actors.counters import MemberCounters
 from babel_actors.errors import ProtocolError
 from babel_actors.events import Caption
 from babel_actors.server.connection import Connection
+from babel_actors.wire.closes import (
+    BAD_DATA,
+    NORMAL,
+    TOO_BIG,
+    TRY_AGAIN_LATER,
+)
 from babel_actors.wire.server import close_frame, error_message, message_frame
 
 log = logging.getLogger(__name__)
 
-NORMAL = 1000
-GOING_AWAY = 1001
-BAD_DATA = 1007
-POLICY = 1008
-TOO_BIG = 1009
-SERVER_ERROR = 1011
-TRY_AGAIN_LATER = 1013
 _GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 

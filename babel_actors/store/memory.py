@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 import trio
 
+from babel_actors.clock import now_ms
 from babel_actors.store.base import (
     BusCaption,
     BusControl,
@@ -24,7 +25,6 @@ from babel_actors.store.base import (
     SessionState,
     StoredFinal,
 )
-from babel_actors.wire.server import now_ms
 
 
 @attrs.define

@@ -38,6 +38,7 @@ import coredis
 import trio
 from coredis.tokens import PureToken
 
+from babel_actors.clock import now_ms
 from babel_actors.config import Config
 from babel_actors.store import redis_scripts as scripts
 from babel_actors.store.base import (
@@ -49,7 +50,6 @@ from babel_actors.store.base import (
 )
 from babel_actors.store.redis_bus import RedisBus, caption_header, control_message
 from babel_actors.store.redis_link import RedisLink, redacted
-from babel_actors.wire.server import now_ms
 
 log = logging.getLogger(__name__)
 

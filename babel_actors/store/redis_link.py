@@ -22,9 +22,9 @@ import coredis
 import trio
 from coredis.exceptions import RedisError
 
+from babel_actors.clock import now_ms
 from babel_actors.config import Config
 from babel_actors.store.base import StoreUnavailable
-from babel_actors.wire.server import now_ms
 
 log = logging.getLogger(__name__)
 

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import json
 import struct
-import time
 from typing import Any
 
+from babel_actors.clock import now_ms
 from babel_actors.events import Caption
 
 TEXT = 0x1
 CLOSE = 0x8
 
-
-def now_ms() -> int:
-    """Unix time in milliseconds, the wire's timestamp unit."""
-    return time.time_ns() // 1_000_000
 
 
 def encode(message: dict[str, Any]) -> bytes:

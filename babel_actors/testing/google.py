@@ -9,7 +9,7 @@ unstable part), a final with ``result_end_offset`` after a pause, the rest at
 half-close, voice-activity events, ABORTED after the stream's maximum duration. A
 ``StreamPlan`` makes a stream fail, hang or echo each request (for the bench).
 
-Run it alone with ``python -m babel_actors.testing_google [--port N] [--echo]``.
+Run it alone with ``python -m babel_actors.testing.google [--port N] [--echo]``.
 """
 
 from __future__ import annotations
