@@ -104,7 +104,13 @@ class Config:
     close_timeout_s: float = 2.0
     """How long a closing WebSocket peer gets to answer the close frame."""
     shutdown_grace_s: float = 5.0
-    """On SIGINT/SIGTERM, how long connections get to close cleanly."""
+    """On SIGINT/SIGTERM, how long connections get to close cleanly (sessions drain
+    within it: ``drain_s`` or this, whichever is shorter)."""
+    drain_s: float = 10.0
+    """How long an ending session (host ended, grace expired, shutdown, an embedder
+    leaving ``open_session``) lets its pipeline finish what it holds: queued audio is
+    recognised, finals translated and delivered, then ``session_ended``. Past it the
+    pipeline is cancelled."""
 
     max_message_bytes: int = 1 << 20
     """Largest WebSocket message accepted (close 1009 beyond)."""
