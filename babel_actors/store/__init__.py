@@ -1,4 +1,5 @@
-"""Where sessions live: this process (``MemoryStore``) or Redis (``RedisStore``)."""
+"""Where sessions live: this process (``MemoryStore``) or Redis (``RedisStore``, which
+needs the ``redis`` extra and is imported only when ``redis_url`` asks for it)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from babel_actors.config import Config
+from babel_actors.extras import require_extra
 from babel_actors.store.base import (
     BusCaption,
     BusControl,
@@ -48,6 +50,7 @@ async def open_store(config: Config) -> AsyncIterator[SessionStore]:
     if not config.redis_url:
         yield MemoryStore(node=node_name(config))
         return
+    require_extra("redis", "a Redis store (BABEL_REDIS_URL)")
     from babel_actors.store.redis import open_redis_store
 
     async with open_redis_store(config, node_name(config)) as store:
