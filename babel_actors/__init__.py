@@ -6,7 +6,7 @@ The public API for embedders: run a session pipeline in your own trio program wi
 
 from babel_actors.audience import Member, Role
 from babel_actors.config import Config
-from babel_actors.embed import CaptionStream, listen, open_session
+from babel_actors.embed import CaptionStream, EmbeddedSession, listen, open_session
 from babel_actors.engines import make_mt, make_stt
 from babel_actors.engines.base import SpeechToText, Translator
 from babel_actors.errors import (
@@ -27,6 +27,7 @@ __all__ = [
     "CaptionStream",
     "Config",
     "ConfigError",
+    "EmbeddedSession",
     "EndOfSpeech",
     "EngineError",
     "Member",

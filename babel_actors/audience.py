@@ -19,9 +19,6 @@ class Role(enum.Enum):
     HOST = "host"
     LISTENER = "listener"
     SOLO = "solo"
-    RELAY = "relay"
-    """Not a person: a cluster pipeline's member passing one language on to the
-    listeners of every node (never counted as a connection or a delivery)."""
 
 
 class Member(Protocol):
@@ -59,6 +56,25 @@ class Member(Protocol):
         ...
 
 
+class Seat:
+    """A member's place in the audience, with the guard every delivery passes: a
+    member never receives a final twice or out of order, nor a partial older than the
+    last final it received (a caption may reach it from catch-up and live)."""
+
+    __slots__ = ("last_final", "member")
+
+    def __init__(self, member: Member) -> None:
+        self.member = member
+        self.last_final = 0
+
+    def send(self, caption: Caption, frame: bytes) -> None:
+        seq = caption.segment.seq_id
+        if seq > self.last_final:
+            if not caption.segment.is_partial:
+                self.last_final = seq
+            self.member.send_caption(caption, frame)
+
+
 class Audience:
     """Members of one session grouped by language, for a fan-out with no lookups.
 
@@ -67,44 +83,45 @@ class Audience:
     """
 
     def __init__(self) -> None:
-        self.by_language: dict[str, dict[int, Member]] = {}
+        self.by_language: dict[str, dict[int, Seat]] = {}
+        self._seats: dict[int, tuple[int, Seat]] = {}
         self._ids = itertools.count()
-        self._member_ids: dict[int, int] = {}
         self._wanted: Counter[str] = Counter()
-        self._relays: Counter[str] = Counter()
 
     def __len__(self) -> int:
-        return len(self._member_ids)
+        return len(self._seats)
 
-    def add(self, member: Member) -> None:
-        member_id = next(self._ids)
-        self._member_ids[id(member)] = member_id
-        self.by_language.setdefault(member.target_lang, {})[member_id] = member
-        if member.role is Role.RELAY:
-            self._relays[member.target_lang] += 1
+    def add(self, member: Member) -> Seat:
+        """Seat ``member`` with the readers of its ``target_lang``."""
+        seat_id = next(self._ids)
+        seat = Seat(member)
+        self._seats[id(member)] = (seat_id, seat)
+        self.by_language.setdefault(member.target_lang, {})[seat_id] = seat
+        return seat
 
     def remove(self, member: Member) -> None:
-        member_id = self._member_ids.pop(id(member), None)
-        if member_id is None:
+        found = self._seats.pop(id(member), None)
+        if found is not None:
+            self._unseat(found[0], member.target_lang)
+
+    def move(self, member: Member, language: str) -> None:
+        """``member`` reads ``language`` from the next caption on; its guard stays."""
+        found = self._seats.get(id(member))
+        if found is None:
+            member.target_lang = language
             return
-        language = member.target_lang
-        group = self.by_language.get(language, {})
-        group.pop(member_id, None)
-        if not group:
-            self.by_language.pop(language, None)
-        if member.role is Role.RELAY:
-            self._relays[language] -= 1
-            if self._relays[language] <= 0:
-                del self._relays[language]
+        seat_id, seat = found
+        self._unseat(seat_id, member.target_lang)
+        member.target_lang = language
+        self.by_language.setdefault(language, {})[seat_id] = seat
 
     def people(self, language: str | None = None) -> int:
-        """Members that are people (hosts, listeners, solo users; not relays) reading
-        ``language``, or in all. No loop over members: the broadcaster counts a
-        caption's deliveries with it."""
+        """Members reading ``language``, or in all. No loop over members: the
+        broadcaster counts a caption's deliveries with it."""
         if language is None:
-            return len(self._member_ids) - self._relays.total()
+            return len(self._seats)
         group = self.by_language.get(language)
-        return 0 if group is None else len(group) - self._relays[language]
+        return 0 if group is None else len(group)
 
     def want(self, language: str) -> None:
         self._wanted[language] += 1
@@ -119,16 +136,19 @@ class Audience:
         return frozenset(self.by_language) | frozenset(self._wanted)
 
     def members(self) -> list[Member]:
-        return [m for group in self.by_language.values() for m in group.values()]
+        return [seat.member for group in self.by_language.values() for seat in group.values()]
 
     def listener_counts(self) -> dict[str, int]:
         """Listeners (not hosts or solo users) per language."""
         counts: dict[str, int] = {}
         for language, group in self.by_language.items():
-            n = sum(1 for m in group.values() if m.role is Role.LISTENER)
+            n = sum(1 for seat in group.values() if seat.member.role is Role.LISTENER)
             if n:
                 counts[language] = n
         return counts
 
-    def hosts(self) -> list[Member]:
-        return [m for m in self.members() if m.role is Role.HOST]
+    def _unseat(self, seat_id: int, language: str) -> None:
+        group = self.by_language.get(language, {})
+        group.pop(seat_id, None)
+        if not group:
+            self.by_language.pop(language, None)

@@ -73,6 +73,25 @@ class CaptionStream:
         return await self._receive.receive()
 
 
+class EmbeddedSession(Session):
+    """A ``Session`` in an embedder's program: ``listen`` subscribes to its captions."""
+
+    @asynccontextmanager
+    async def listen(
+        self, language: str, *, last_seq: int | None = None, capacity: int = 256
+    ) -> AsyncIterator[CaptionStream]:
+        """Captions in ``language`` (recent finals first) for the ``async with`` block;
+        leaving it unsubscribes. The stream ends by itself when the session ends, after
+        every final said before: ``async for caption in stream`` simply finishes."""
+        self.check_target(language)
+        stream = CaptionStream(language, capacity=capacity)
+        await self.add_member(stream, last_seq=last_seq)
+        try:
+            yield stream
+        finally:
+            self.remove_member(stream)
+
+
 @asynccontextmanager
 async def open_session(
     *,
@@ -81,32 +100,45 @@ async def open_session(
     config: Config | None = None,
     source_lang: str | None = None,
     metrics: Metrics | None = None,
-) -> AsyncIterator[Session]:
+) -> AsyncIterator[EmbeddedSession]:
     """Run one session pipeline for the duration of the ``async with`` block.
 
     Feed it with ``await session.feed(pcm, sample_rate)`` and
-    ``await session.end_of_speech()``; read it with ``await listen(session, "es")``.
-    Leaving the block ends the session and cancels its actors. Engines stay open: the
-    caller owns them (and may share them between sessions).
+    ``await session.end_of_speech()``; read it with ``async with session.listen("es")``.
+    Leaving the block finishes the session: what was fed is still recognised,
+    translated and delivered to the streams (``config.drain_s`` at most), then they
+    end. Leaving it by an exception (or cancellation) ends it at once.
+    Error handling: a crash inside the pipeline ends the session and propagates out of
+    the block (the exception itself, not a group).
+    Engines stay open: the caller owns them (and may share them between sessions).
     The session counts into ``metrics`` (pass one to several sessions to add them up,
     and read ``metrics.exposition()``); without, into a ``Metrics`` of its own,
     ``session.metrics``.
     """
-    session = Session(config or Config(), stt, mt, source_lang=source_lang, metrics=metrics)
+    session = EmbeddedSession(config or Config(), stt, mt, source_lang=source_lang, metrics=metrics)
     session.check_source(session.source_lang)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(session.run)
-        try:
-            yield session
-        finally:
-            session.end("closed", "The session was closed by its program.")
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(session.run)
+            try:
+                yield session
+            except BaseException:
+                session.cancel("closed", "The session was closed by its program.")
+                raise
+            session.finish("closed", "The session was closed by its program.")
+            await session.ended.wait()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            error = group.exceptions[0]
+            raise error from error.__cause__
+        raise
 
 
 async def listen(
     session: Session, language: str, *, last_seq: int | None = None, capacity: int = 256
 ) -> CaptionStream:
-    """Subscribe to ``session``'s captions in ``language`` (recent finals first). The
-    calling task's log records carry the session's id from then on."""
+    """Subscribe to ``session``'s captions in ``language`` (recent finals first), for
+    the session's whole life (``EmbeddedSession.listen`` unsubscribes when done)."""
     session.check_target(language)
     stream = CaptionStream(language, capacity=capacity)
     await session.add_member(stream, last_seq=last_seq)

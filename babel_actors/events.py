@@ -122,6 +122,10 @@ class SourceLanguage:
 IngestEvent = HostAudio | EndOfSpeech | SourceLanguage | Glossary
 """What a host connection (or an embedder) hands to the ingest actor."""
 
+SttOutput = SttResult | SourceLanguage
+"""What the STT actor hands to the splitter: results, and the language of the results
+that follow whenever the stream changes language."""
+
 SttInput = AudioFrame | EndOfSpeech | SourceLanguage | Glossary
 """What the ingest actor hands to the STT actor (a ``Glossary`` restarts the stream
 with new recognition hints)."""

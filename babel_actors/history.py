@@ -1,22 +1,24 @@
-"""A session's recent finals, with their frames per language, for resume and catch-up."""
+"""A session's recent finals, each with its renderings by language, for catch-up."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
-from babel_actors.events import Caption, Segment
-
-_Rendered = tuple[Caption, bytes]
+from babel_actors.events import Segment
+from babel_actors.wire.server import Rendered
 
 
 class History:
-    """The last ``size`` finals, oldest first, each with a frame per language it was
-    rendered in. ``lastSeq`` resume and late joiners read it; only the broadcaster and
-    catch-up write it, each without awaiting, so a reader sees a consistent state."""
+    """The last ``size`` finals in seqId order, each with a ``Rendered`` per language
+    it was translated into so far.
+
+    A final enters when the translator takes it up (``admit``, before any language is
+    done) or when a rendering of it arrives (``add``: from the renderer, or from
+    another node); renderings are added as they are made. Nothing here awaits, so a
+    reader sees a consistent state between two checkpoints.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._entries: OrderedDict[int, tuple[Segment, dict[str, _Rendered]]] = OrderedDict()
+        self._entries: dict[int, tuple[Segment, dict[str, Rendered]]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -24,36 +26,63 @@ class History:
     def __contains__(self, seq_id: object) -> bool:
         return seq_id in self._entries
 
-    def add(self, caption: Caption, frame: bytes) -> None:
-        segment = caption.segment
-        entry = self._entries.get(segment.seq_id)
-        if entry is None:
-            entry = self._entries[segment.seq_id] = (segment, {})
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
-        entry[1][caption.target_lang] = (caption, frame)
+    def admit(self, segment: Segment) -> None:
+        """Keep the final ``segment``, with no rendering yet."""
+        self._entry(segment)
+
+    def add(self, rendered: Rendered) -> None:
+        """Keep ``rendered``, the final's rendering in its language."""
+        caption = rendered.caption
+        self._entry(caption.segment)[caption.target_lang] = rendered
+
+    def rendering(self, seq_id: int, language: str) -> Rendered | None:
+        entry = self._entries.get(seq_id)
+        return None if entry is None else entry[1].get(language)
 
     def missing(self, language: str, after: int, limit: int) -> list[Segment]:
-        """Finals after seqId ``after`` (the last ``limit``) with no frame in ``language``."""
-        return [seg for seg, frames in self._tail(after, limit) if language not in frames]
+        """Finals after seqId ``after`` (the last ``limit``) not yet in ``language``."""
+        return [seg for seg, done in self._tail(after, limit) if language not in done]
 
-    def captions(self, language: str, after: int, limit: int) -> list[_Rendered]:
-        """Captions in ``language``, with their frames, of the finals after seqId
-        ``after`` (the last ``limit``)."""
-        return [frames[language] for _, frames in self._tail(after, limit) if language in frames]
-
-    def finals(self, after: int, limit: int) -> list[tuple[Segment, dict[str, _Rendered]]]:
-        """The finals after seqId ``after`` (the last ``limit``), each with its
-        renderings by language, oldest first."""
-        return self._tail(after, limit)
+    def rendered(self, language: str, after: int, limit: int) -> list[Rendered]:
+        """The renderings in ``language`` of the finals after seqId ``after`` (the
+        last ``limit``), oldest first."""
+        return [done[language] for _, done in self._tail(after, limit) if language in done]
 
     def last_seq(self) -> int:
         return next(reversed(self._entries), 0)
 
-    def texts(self, limit: int) -> list[str]:
-        """Source text of the last ``limit`` finals, oldest first."""
-        return [seg.text for seg, _ in list(self._entries.values())[-limit:]] if limit else []
+    def first_seq(self) -> int:
+        """The oldest seqId kept; 0 when empty."""
+        return next(iter(self._entries), 0)
 
-    def _tail(self, after: int, limit: int) -> list[tuple[Segment, dict[str, _Rendered]]]:
+    def texts_before(self, seq_id: int, limit: int) -> tuple[str, ...]:
+        """Source text of the last ``limit`` finals before seqId ``seq_id``, oldest
+        first: a translation's context."""
+        texts: list[str] = []
+        for seq in reversed(self._entries):
+            if len(texts) >= limit:
+                break
+            if seq < seq_id:
+                texts.append(self._entries[seq][0].text)
+        return tuple(reversed(texts))
+
+    def _entry(self, segment: Segment) -> dict[str, Rendered]:
+        seq = segment.seq_id
+        entry = self._entries.get(seq)
+        if entry is not None:
+            return entry[1]
+        if self._entries and seq < self.first_seq() and len(self._entries) >= self.size:
+            return {}  # older than everything kept in a full history: not worth keeping
+        out_of_order = bool(self._entries) and seq < self.last_seq()
+        entry = self._entries[seq] = (segment, {})
+        if out_of_order:
+            self._entries = dict(sorted(self._entries.items()))
+        while len(self._entries) > self.size:
+            del self._entries[next(iter(self._entries))]
+        return entry[1]
+
+    def _tail(self, after: int, limit: int) -> list[tuple[Segment, dict[str, Rendered]]]:
+        if not limit:
+            return []
         tail = [entry for seq, entry in self._entries.items() if seq > after]
-        return tail[-limit:] if limit else []
+        return tail[-limit:]

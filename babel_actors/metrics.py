@@ -50,8 +50,11 @@ PEOPLE = (Role.HOST, Role.LISTENER, Role.SOLO)
 class LiveSession(Protocol):
     """What the scrape reads of a live session."""
 
-    host: Member | None
-    audience: Audience
+    @property
+    def host(self) -> Member | None: ...
+
+    @property
+    def audience(self) -> Audience: ...
 
 
 class Circuit(Protocol):

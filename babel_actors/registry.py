@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import uuid
-from collections.abc import Container
+from collections.abc import Callable, Container
 
 import trio
 
 from babel_actors.clock import now_ms
-from babel_actors.cluster import ClusterSession
 from babel_actors.config import Config
 from babel_actors.engines.base import SpeechToText, Translator
+from babel_actors.live import LiveSession
 from babel_actors.metrics import Metrics
 from babel_actors.session import Session
 from babel_actors.stages import StageRecorder
 from babel_actors.store import MemoryStore, SessionRecord, SessionStore
 
+log = logging.getLogger(__name__)
+
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 """Session-code characters: no 0/O, 1/I/L look-alikes, so a code read aloud or off a
 screen is typed right."""
 CODE_LENGTH = 6
+
+SharedSessionFactory = Callable[["Registry", SessionRecord], LiveSession]
+"""Makes the session a node serves for a record of a ``shared`` store (the server
+passes ``ClusterSession``'s maker: the registry knows no cluster)."""
 
 
 def new_code(taken: Container[str]) -> str:
@@ -39,8 +46,9 @@ def normalize_code(code: str) -> str:
 class Registry:
     """The process's sessions. A session removes itself when it ends.
 
-    With a ``shared`` store, coded sessions are ``ClusterSession``s: ``open`` and
-    ``lookup`` find sessions that other nodes created and serve them here too. Raises
+    With a ``shared`` store, coded sessions come from ``shared_session`` (the server's
+    ``ClusterSession``): ``open`` and ``lookup`` find sessions that other nodes created
+    and serve them here too. Raises
     ``StoreUnavailable`` (from ``start_session``, ``open``, ``lookup``) when the
     shared store cannot be reached and the session is not already served here.
     """
@@ -52,6 +60,7 @@ class Registry:
         mt: Translator,
         nursery: trio.Nursery,
         store: SessionStore | None = None,
+        shared_session: SharedSessionFactory | None = None,
     ) -> None:
         self.config = config
         self.stt = stt
@@ -59,6 +68,9 @@ class Registry:
         self._nursery = nursery
         self.store: SessionStore = store or MemoryStore()
         """Where sessions are shared (``/health`` reports it)."""
+        if self.store.shared and shared_session is None:
+            raise ValueError("a shared store needs a shared_session factory")
+        self._shared_session = shared_session
         self._opening: dict[str, trio.Event] = {}
         self.metrics = Metrics(live=self.live)
         """This server's Prometheus metrics (``GET /metrics``); every session counts
@@ -69,10 +81,12 @@ class Registry:
         self.stages = StageRecorder(config.stage_samples, metrics=self.metrics)
         """Stage latencies of every session's captions (``GET /stats``, and the
         stage histograms of ``GET /metrics``)."""
-        self.by_id: dict[str, Session] = {}
-        self.by_code: dict[str, Session] = {}
+        self.by_id: dict[str, LiveSession] = {}
+        self.by_code: dict[str, LiveSession] = {}
 
-    async def start_session(self, *, source_lang: str | None = None, solo: bool = False) -> Session:
+    async def start_session(
+        self, *, source_lang: str | None = None, solo: bool = False
+    ) -> LiveSession:
         """Create a session and start its pipeline; solo sessions get no code."""
         if self.store.shared and not solo:
             return await self._start_shared(source_lang or self.config.default_source_lang)
@@ -93,15 +107,15 @@ class Registry:
         await self._nursery.start(self._supervise, session)
         return session
 
-    def get(self, session_id: str) -> Session | None:
+    def get(self, session_id: str) -> LiveSession | None:
         session = self.by_id.get(session_id)
-        return None if session is None or session.ended.is_set() else session
+        return None if session is None or session.ending else session
 
-    def find(self, code: str) -> Session | None:
+    def find(self, code: str) -> LiveSession | None:
         session = self.by_code.get(normalize_code(code))
-        return None if session is None or session.ended.is_set() else session
+        return None if session is None or session.ending else session
 
-    async def open(self, session_id: str) -> Session | None:
+    async def open(self, session_id: str) -> LiveSession | None:
         """``get``, or a session another node created, now served here too."""
         session = self.get(session_id)
         if session is not None or not self.store.shared or not session_id:
@@ -118,7 +132,7 @@ class Registry:
         finally:
             self._opening.pop(session_id).set()
 
-    async def lookup(self, code: str) -> Session | None:
+    async def lookup(self, code: str) -> LiveSession | None:
         """``find``, or the session another node created with ``code``."""
         session = self.find(code)
         if session is not None or not self.store.shared:
@@ -126,14 +140,15 @@ class Registry:
         session_id = await self.store.resolve(normalize_code(code))
         return None if session_id is None else await self.open(session_id)
 
-    def live(self) -> list[Session]:
+    def live(self) -> list[LiveSession]:
         return [s for s in self.by_id.values() if not s.ended.is_set()]
 
-    def end_all(self, reason: str, message: str) -> None:
+    def finish_all(self, reason: str, *, drain_s: float | None = None) -> None:
+        """Finish every session (``LiveSession.finish``)."""
         for session in list(self.by_id.values()):
-            session.end(reason, message)
+            session.finish(reason, drain_s=drain_s)
 
-    async def _start_shared(self, source_lang: str) -> Session:
+    async def _start_shared(self, source_lang: str) -> LiveSession:
         while True:
             record = SessionRecord(
                 str(uuid.uuid4()),
@@ -145,26 +160,25 @@ class Registry:
             if await self.store.create(record):
                 return await self._serve(record)
 
-    async def _serve(self, record: SessionRecord) -> Session:
-        session = ClusterSession(
-            self.config,
-            self.stt,
-            self.mt,
-            record=record,
-            store=self.store,
-            stages=self.stages,
-            metrics=self.metrics,
-        )
+    async def _serve(self, record: SessionRecord) -> LiveSession:
+        assert self._shared_session is not None
+        session = self._shared_session(self, record)
         self.by_id[session.id] = session
         self.by_code[record.code] = session
         await self._nursery.start(self._supervise, session)
         return session
 
     async def _supervise(
-        self, session: Session, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        session: LiveSession,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        """Run ``session``; a crash is logged and ends that session only."""
         try:
             await session.run(task_status=task_status)
+        except Exception:
+            log.exception("session %s crashed", session.id, extra={"session_id": session.id})
         finally:
             self.by_id.pop(session.id, None)
             if session.code is not None:

@@ -66,10 +66,11 @@ def clock() -> MockClock:
 
 
 async def end_by_host(server: Server, session: dict[str, Any]) -> None:
-    """End ``session`` as its host does (close with 1000), and wait until it is gone."""
+    """End ``session`` as its host does (close with 1000), and wait until it is gone
+    (drained and ended, not only ending)."""
     async with connect(server, session["wsUrl"]) as host:
         await reply(host)
-    while server.registry.get(session["sessionId"]) is not None:
+    while session["sessionId"] in server.registry.by_id:
         await trio.testing.wait_all_tasks_blocked()
 
 

@@ -102,6 +102,10 @@ async def test_a_session_moves_its_metrics() -> None:
                 finals = await listener.finals(1)
                 assert finals[0]["translatedText"] == f"[es] {SENTENCES[0]}"
                 during = await scrape(server)
+                # The host ends the session: the listener is told once it has drained.
+                await host.ws.aclose()
+                ended = await listener.receive_until(lambda m: m["type"] == "session_ended")
+                assert ended[-1]["reason"] == "host_ended"
 
             assert value(during, "babel_sessions") == 2
             for role in ("host", "listener", "solo"):

@@ -13,7 +13,6 @@ import pytest
 import trio
 import trio.testing
 
-from babel_actors.actors.translator import translate_segment
 from babel_actors.config import Config
 from babel_actors.engines.breaker import BreakerTranslator
 from babel_actors.engines.openai import OpenAITranslator, build_messages
@@ -21,6 +20,7 @@ from babel_actors.engines.ratelimit import RateLimiter
 from babel_actors.errors import EngineUnavailable, TranslationFailed, UnsupportedLanguage
 from babel_actors.events import Segment
 from babel_actors.glossary import Glossary, Term
+from babel_actors.renderer import translate_segment
 from babel_actors.testing.openai import FakeOpenAI, Reply, running_openai
 
 DEADLINE_S = 15.0

@@ -1,62 +1,45 @@
-"""The broadcaster actor: one frame per caption, written to every member with no await."""
+"""The broadcaster actor: hands each rendered caption to the room, which writes its one
+frame to every reader of the language with no await."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
-from babel_actors.audience import Audience
-from babel_actors.events import Caption
-from babel_actors.history import History
 from babel_actors.metrics import Metrics
 from babel_actors.stages import StageRecorder
-from babel_actors.wire.server import caption_message, message_frame
-
-
-def deliver(caption: Caption, audience: Audience, history: History) -> int:
-    """Serialise ``caption`` once and hand the same frame to every member reading its
-    language, in one synchronous loop. Finals are recorded in ``history`` first, in the
-    same step, so a joiner sees each final either in history or live, never both.
-
-    Returns how many people (members that are not relays) it was written to.
-    """
-    frame = message_frame(caption_message(caption))
-    if not caption.segment.is_partial:
-        history.add(caption, frame)
-    elif caption.segment.seq_id < history.last_seq():
-        return 0  # a final has overtaken this partial: it would only flicker back
-    language = caption.target_lang
-    for member in list(audience.by_language.get(language, {}).values()):
-        member.send_caption(caption, frame)
-    return audience.people(language)
+from babel_actors.wire.server import Rendered
 
 
 async def run_broadcaster(
-    inbox: trio.MemoryReceiveChannel[Caption],
+    inbox: trio.MemoryReceiveChannel[Rendered],
     *,
-    audience: Audience,
-    history: History,
+    deliver: Callable[[Rendered], int],
     stages: StageRecorder | None = None,
     metrics: Metrics | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Fan captions out to the session's members.
+    """Fan captions out: ``deliver`` (``Room.deliver``, or a cluster owner's relay)
+    writes one caption to every member reading its language and returns how many
+    people it reached.
 
     Backpressure: none upstream; delivery never waits on a member. Each member queues
     what its socket cannot take yet: partials coalesce (latest wins), finals are kept,
     and a member owing more than its limit is told and disconnected (it can resume with
     ``lastSeq``). So one slow phone never delays the others.
+    Draining: returns once ``inbox`` ends and everything in it was delivered.
     Cancellation: safe at any await; a caption is delivered to all or none.
     Error handling: members never raise; their failures close only themselves.
     Counts: once each caption has been written to every member, ``stages`` records its
     stage latencies and ``metrics`` counts it (captions out, finals delivered by
-    language) with the number of members it reached: once per caption, never per
-    member.
+    language) with the number of people it reached: once per caption, never per member.
     """
     async with inbox:
         task_status.started()
-        async for caption in inbox:
-            reached = deliver(caption, audience, history)
+        async for rendered in inbox:
+            reached = deliver(rendered)
             if metrics is not None:
-                metrics.delivered(caption, reached)
+                metrics.delivered(rendered.caption, reached)
             if stages is not None:
-                stages.record(caption, trio.current_time())
+                stages.record(rendered.caption, trio.current_time())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 
 from babel_actors.clock import now_ms
-from babel_actors.events import Segment, SttResult
+from babel_actors.events import Segment, SourceLanguage, SttOutput, SttResult
 
 
 class Splitter:
@@ -50,13 +50,14 @@ class Splitter:
 
 
 async def run_splitter(
-    inbox: trio.MemoryReceiveChannel[SttResult],
+    inbox: trio.MemoryReceiveChannel[SttOutput],
     outbox: trio.MemorySendChannel[Segment],
     *,
     splitter: Splitter,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Number the engine's results for the session.
+    """Number the engine's results for the session, each labelled with the language
+    of the stream that heard it (a ``SourceLanguage`` in the inbox changes it).
 
     Backpressure: blocks on a full outbox; the translator drains it quickly, since it
     only dispatches to per-language lanes.
@@ -66,6 +67,9 @@ async def run_splitter(
     async with inbox, outbox:
         task_status.started()
         async for result in inbox:
+            if isinstance(result, SourceLanguage):
+                splitter.source_lang = result.language
+                continue
             segment = splitter.feed(result, now=trio.current_time(), wall_ms=now_ms())
             if segment is not None:
                 await outbox.send(segment)

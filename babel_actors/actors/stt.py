@@ -14,7 +14,7 @@ import trio
 
 from babel_actors.engines.base import SpeechToText
 from babel_actors.errors import EngineError
-from babel_actors.events import AudioEvent, SourceLanguage, SttInput, SttResult
+from babel_actors.events import AudioEvent, SourceLanguage, SttInput, SttOutput
 from babel_actors.glossary import Glossary
 from babel_actors.metrics import Metrics
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 async def run_stt(
     inbox: trio.MemoryReceiveChannel[SttInput],
-    outbox: trio.MemorySendChannel[SttResult],
+    outbox: trio.MemorySendChannel[SttOutput],
     *,
     engine: SpeechToText,
     language: str,
@@ -36,7 +36,11 @@ async def run_stt(
     """Feed audio to ``engine.transcribe`` and pass its results on.
 
     A ``SourceLanguage`` ends the current stream (the engine finalises what it holds)
-    and opens a new one in that language; a ``Glossary`` likewise opens one with it.
+    and opens a new one in that language, after passing the event on: results are
+    tagged in-band, so the splitter labels each one with the language of the stream
+    that heard it. A ``Glossary`` likewise opens a stream with it.
+    Draining: when ``inbox`` ends, the stream's audio ends, the engine finalises what
+    it holds, and the actor returns once every result is sent.
     Backpressure: blocks on the engine's bounded inbox; results block on a full outbox.
     Cancellation: cancels the engine stream with the actor.
     Error handling: an ``EngineError`` is reported through ``on_error`` (the session
@@ -50,6 +54,7 @@ async def run_stt(
         glossary = Glossary()
         failure: BaseException | None = None
         restart = ""
+        switched = False
         while not ended:
             if restart and metrics is not None:
                 metrics.stt_restarted(engine.name, restart)
@@ -62,8 +67,10 @@ async def run_stt(
                         ended = True
                         async for event in inbox:
                             if isinstance(event, SourceLanguage):
+                                if event.language == language:
+                                    continue
                                 language = event.language
-                                ended, restart = False, "language"
+                                ended, restart, switched = False, "language", True
                                 break
                             if isinstance(event, Glossary):
                                 glossary = event
@@ -79,12 +86,16 @@ async def run_stt(
                 ended, restart = False, "error"
                 failure = None
                 await trio.sleep(retry_after_s)
+            if switched:
+                # Every result of the old stream is out: what follows is heard in this.
+                await outbox.send(SourceLanguage(language))
+                switched = False
 
 
 async def _transcribe(
     engine: SpeechToText,
     audio: trio.MemoryReceiveChannel[AudioEvent],
-    outbox: trio.MemorySendChannel[SttResult],
+    outbox: trio.MemorySendChannel[SttOutput],
     language: str,
     glossary: Glossary,
 ) -> None:

@@ -1,6 +1,6 @@
 """The bus-reading side of a shared session, as every node that serves it runs it.
 
-Captions from the owner are re-broadcast to this node's listeners, one frame per
+Captions from the owner go to this node's room (``Room.deliver``), one frame per
 caption, no per-listener work across nodes; each final is recorded in the history in
 the same step, and delivered once per language however often it arrives. The node
 keeps its listener counts per language in the store and reads every other node's after
@@ -16,10 +16,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from babel_actors.cluster.catchup import caption_from
-from babel_actors.events import Caption
-from babel_actors.store.base import BusCaption, BusControl, BusEvent, StoredFinal, StoreUnavailable
-from babel_actors.wire.server import message_frame, text_frame
+from babel_actors.store.base import BusCaption, BusControl, BusEvent, StoreUnavailable
+from babel_actors.wire.server import Rendered, rendered_from_payload
 
 if TYPE_CHECKING:
     from babel_actors.cluster.session import ClusterSession
@@ -56,24 +54,21 @@ class Follower:
 
     # --- captions ----------------------------------------------------------------
 
-    def deliver(self, caption: Caption, frame: bytes) -> None:
-        """One caption to this node's listeners of its language, as the broadcaster
-        does; a final is recorded first, in the same step."""
+    def deliver(self, rendered: Rendered) -> int:
+        """One caption to this node's room; a final is recorded first, in the same
+        step. Returns how many members it reached."""
         session = self.session
-        history, audience = session.history, session.audience
+        caption = rendered.caption
         segment = caption.segment
-        language = caption.target_lang
         seq = segment.seq_id
         if not segment.is_partial:
-            if seq in history or seq > history.last_seq():
-                history.add(caption, frame)
+            session.history.add(rendered)
+            language = caption.target_lang
             self.delivered[language] = max(self.delivered.get(language, 0), seq)
-        elif seq < history.last_seq():
-            return
         self.known_seq = max(self.known_seq, seq)
-        for member in list(audience.by_language.get(language, {}).values()):
-            member.send_caption(caption, frame)
-        session.metrics.delivered(caption, audience.people(language))
+        reached = session.room.deliver(rendered)
+        session.metrics.delivered(caption, reached)
+        return reached
 
     def on_event(self, nursery: trio.Nursery, event: BusEvent) -> None:
         """One event of the session's bus; a resync repairs in ``nursery``."""
@@ -82,9 +77,9 @@ class Follower:
                 return
             if event.is_final and event.seq <= self.delivered.get(event.lang, 0):
                 return
-            caption = caption_from(event.payload)
-            if caption is not None:
-                self.deliver(caption, text_frame(event.payload))
+            rendered = rendered_from_payload(event.payload)
+            if rendered is not None:
+                self.deliver(rendered)
         elif isinstance(event, BusControl):
             self._on_control(event)
         else:
@@ -111,31 +106,38 @@ class Follower:
             self._languages_changed.set()
             self._languages_changed = trio.Event()
         elif event.kind == "notice" and event.origin != node:
-            message = dict(data)
-            session.notify_listeners(message, message_frame(message))
+            session.notify_listeners(dict(data))
         elif event.kind == "source" and event.origin != node:
             session.source_lang = str(data.get("lang", session.source_lang))
 
     async def _repair(self) -> None:
         """After a resubscription: deliver the finals published meanwhile."""
         floor = min(self.delivered.values(), default=0)
-        for final in await self.finals(floor, self.session.config.history_size):
+        session = self.session
+        try:
+            stored = await session.store.finals(
+                session.id, after=floor, limit=session.config.history_size
+            )
+        except StoreUnavailable:
+            return
+        for final in stored:
             if final.live and final.seq > self.delivered.get(final.lang, 0):
-                caption = caption_from(final.payload)
-                if caption is not None:
-                    self.deliver(caption, text_frame(final.payload))
+                rendered = rendered_from_payload(final.payload)
+                if rendered is not None:
+                    self.deliver(rendered)
 
     # --- the log and the owner's languages, for catch-up -------------------------
 
-    async def finals(self, after: int, limit: int) -> list[StoredFinal]:
+    async def finals(self, after: int, limit: int) -> list[Rendered]:
         """The log's finals after seqId ``after`` (see ``SessionStore.finals``); none
         while the store cannot be reached."""
         session = self.session
         try:
-            return await session.store.finals(session.id, after=after, limit=limit)
+            stored = await session.store.finals(session.id, after=after, limit=limit)
         except StoreUnavailable as exc:
             log.warning("session %s: catching up from this node only: %s", session.id, exc)
             return []
+        return [r for final in stored if (r := rendered_from_payload(final.payload)) is not None]
 
     async def await_translation(self, language: str) -> None:
         """Until the owner says it translates into ``language`` (at most
@@ -196,7 +198,6 @@ class Follower:
         changed = remote != self.remote
         self.remote = remote
         if session.ownership.pipeline is not None:
-            session.ownership.update_relays()
             session.ownership.announce_languages()
         if changed:
             session.send_stats()

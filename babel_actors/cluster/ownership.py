@@ -1,24 +1,24 @@
-"""The owner's side of a shared session: its pipeline, its relays, its publishing.
+"""The owner's side of a shared session: its pipeline and its publishing.
 
 The owner is the node the host is connected to. It claims the session in the store
-and runs the pipeline (``Pipeline``, a plain ``Session``) with seqIds continuing after
-the highest one the session used. The pipeline's audience is the host plus one
-``Relay`` per language wanted anywhere in the cluster, so the translator translates
-each final once per language, cluster-wide. A relay hands each caption to this node's
-own listeners and publishes it, once, for the other nodes.
+and runs the pipeline with seqIds continuing after the highest one the session used,
+translating into every language read anywhere in the cluster (this node's room and
+the other nodes' counts), so each final is translated once per language,
+cluster-wide. Each caption goes to this node's room and is published, once, for the
+other nodes.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
-from babel_actors.cluster.catchup import frame_payload
-from babel_actors.cluster.members import Pipeline, Relay
-from babel_actors.events import Caption
+from babel_actors.pipeline import Pipeline
 from babel_actors.store.base import StoreUnavailable
+from babel_actors.wire.closes import NORMAL
+from babel_actors.wire.server import SERVICE_UNAVAILABLE, Rendered, error_message
 
 if TYPE_CHECKING:
     from babel_actors.cluster.session import ClusterSession
@@ -29,13 +29,13 @@ log = logging.getLogger(__name__)
 class Ownership:
     """The owner's side of one ``ClusterSession`` on this node: idle until it claims.
 
-    Backpressure: none of its own: captions go to this node's listeners (which never
+    Backpressure: none of its own: captions go to this node's room (whose members never
     block) and to the store's publishing queue (the store bounds it; nothing waits).
     Cancellation: the pipeline runs in the session's nursery under a scope of its own,
     which ``give_up`` cancels; the session's ``run`` ending cancels it too.
     Error handling: a claim without the store owns the session anyway, after the
-    seqIds this node knows; a pipeline that stops by itself ends the session everywhere
-    (reason ``error`` when it crashed).
+    seqIds this node knows; a pipeline that crashes ends the session everywhere
+    (reason ``error``).
     """
 
     def __init__(self, session: ClusterSession) -> None:
@@ -46,11 +46,8 @@ class Ownership:
         """Whether this node is claiming the session, its pipeline not started yet."""
         self._scope = trio.CancelScope()
         self._ready = trio.Event()
-        self._relays: dict[str, Relay] = {}
-
-    @property
-    def source_lang(self) -> str:
-        return self.session.source_lang
+        self._drained = trio.Event()
+        self._announced: frozenset[str] | None = None
 
     def claim_soon(self, nursery: trio.Nursery) -> None:
         """Claim the session and start its pipeline in ``nursery``, unless claiming."""
@@ -64,20 +61,74 @@ class Ownership:
             await self._ready.wait()
         return self.pipeline
 
+    async def finish(self) -> None:
+        """Let the pipeline drain what it holds; returns once it has (at once when
+        this node owns nothing)."""
+        pipeline = self.pipeline
+        if pipeline is None:
+            return
+        await pipeline.finish()
+        await self._drained.wait()
+
     def give_up(self, owner: str) -> None:
         """Another node owns the session now: stop the pipeline here."""
         session = self.session
-        pipeline, self.pipeline = self.pipeline, None
+        self.pipeline = None
         self._ready = trio.Event()
-        self._relays.clear()
+        self._announced = None
         session.owner = owner
-        host, session.host = session.host, None
-        if pipeline is not None and host is not None:
-            pipeline.detach_host(host)
+        host, session.room.host = session.room.host, None
         if host is not None:
-            host.close(1000, "replaced by a newer host connection")
+            session.room.audience.remove(host)
+            host.close(NORMAL, "replaced by a newer host connection")
         self._scope.cancel()
         log.info("session %s: now owned by %s", session.id, owner)
+
+    def languages(self) -> frozenset[str]:
+        """What the pipeline translates into: the source, and every language read
+        anywhere in the cluster that the engine reaches."""
+        session = self.session
+        source = session.source_lang
+        targets = session.mt.targets(source)
+        wanted = {
+            language
+            for language in (*session.follower.remote, *session.room.languages())
+            if language in targets
+        }
+        return frozenset(wanted | {source})
+
+    def announce_languages(self) -> None:
+        """Tell every node what the pipeline translates into, when that changed."""
+        if self.pipeline is None:
+            return
+        languages = self.languages()
+        if languages != self._announced:
+            self._announced = languages
+            self.session.store.publish_control(
+                self.session.id, "languages", {"languages": sorted(languages)}
+            )
+
+    def relay(self, rendered: Rendered) -> int:
+        """A caption from the pipeline: to this node's room, and published for every
+        other node."""
+        session = self.session
+        reached = session.follower.deliver(rendered)
+        segment = rendered.caption.segment
+        session.store.publish_caption(
+            session.id,
+            rendered.caption.target_lang,
+            segment.seq_id,
+            not segment.is_partial,
+            rendered.payload,
+        )
+        return reached
+
+    def forward_error(self, text: str) -> None:
+        """An engine failure of the pipeline, for every member on every node."""
+        session = self.session
+        message = error_message(text, SERVICE_UNAVAILABLE)
+        session.notify_listeners(message)
+        session.store.publish_control(session.id, "notice", message)
 
     async def _claim(self, nursery: trio.Nursery) -> None:
         session = self.session
@@ -93,81 +144,40 @@ class Ownership:
         pipeline = Pipeline(
             session.config,
             session.stt,
-            session.mt,
-            code=session.code,
+            session.renderer,
+            deliver=self.relay,
+            languages=self.languages,
             source_lang=session.source_lang,
+            on_error=self.forward_error,
+            first_seq=max(last, session.follower.known_seq) + 1,
             stages=session.stages,
             metrics=session.metrics,
-            first_seq=max(last, session.follower.known_seq) + 1,
         )
-        pipeline.id = session.id
-        pipeline.host_token = session.host_token
-        pipeline.glossary = session.glossary
         pipeline.sample_rate = session.sample_rate
         self.pipeline = pipeline
         self.claiming = False
-        self.update_relays()
+        self._drained = trio.Event()
         await nursery.start(self._run, pipeline)
-        if session.host is not None:
-            pipeline.attach_host(session.host)
-        else:
-            pipeline.host_left()
         session.owner = store.node
         store.publish_control(session.id, "owner", {"node": store.node})
         self.announce_languages()
         self._ready.set()
         session.follower.pull_soon()
+        session._touch()
         log.info("session %s: owned here from seqId %d", session.id, pipeline.first_seq)
 
     async def _run(
         self, pipeline: Pipeline, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         scope = self._scope = trio.CancelScope()
-        with scope:
-            await pipeline.run(task_status=task_status)
-        if self.pipeline is pipeline:
-            self.pipeline = None
-            self.session.end_for(pipeline.end_reason if pipeline.end_reason != "ended" else "error")
-
-    # --- the relays --------------------------------------------------------------
-
-    def relay(self, caption: Caption, frame: bytes) -> None:
-        """A caption from the pipeline, in one language: here and to every node."""
-        session = self.session
-        session.follower.deliver(caption, frame)
-        segment = caption.segment
-        payload = frame_payload(frame)
-        session.store.publish_caption(
-            session.id, caption.target_lang, segment.seq_id, not segment.is_partial, payload
-        )
-
-    def forward_error(self, message: dict[str, Any], frame: bytes) -> None:
-        """An error of the pipeline, for every listener on every node."""
-        session = self.session
-        session.notify_listeners(message, frame)
-        session.store.publish_control(session.id, "notice", message)
-
-    def update_relays(self) -> None:
-        """One relay per language read anywhere, plus the source; none unless owning."""
-        pipeline = self.pipeline
-        if pipeline is None:
-            return
-        session = self.session
-        source = session.source_lang
-        targets = session.mt.targets(source)
-        wanted = {source} | {
-            language
-            for language in (*session.follower.remote, *session.audience.languages())
-            if language in targets
-        }
-        for language in wanted - self._relays.keys():
-            relay = self._relays[language] = Relay(self, language)
-            pipeline.audience.add(relay)
-        for language in set(self._relays) - wanted:
-            pipeline.audience.remove(self._relays.pop(language))
-
-    def announce_languages(self) -> None:
-        """Tell every node what the pipeline translates into."""
-        self.session.store.publish_control(
-            self.session.id, "languages", {"languages": sorted(self._relays)}
-        )
+        drained = self._drained
+        try:
+            with scope:
+                await pipeline.run(task_status=task_status)
+        except Exception:
+            log.exception("session %s: pipeline crashed", self.session.id)
+            if self.pipeline is pipeline:
+                self.pipeline = None
+                self.session.cancel("error")
+        finally:
+            drained.set()

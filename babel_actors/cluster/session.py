@@ -1,4 +1,5 @@
-"""A session shared by the nodes of a cluster, as one node serves it.
+"""A session shared by the nodes of a cluster, as one node serves it: a ``Room`` fed by
+the bus, plus a ``Pipeline`` while this node owns the session.
 
 Every node that has something to do with a session (its host, a listener, a join or an
 info request) holds a ``ClusterSession`` for it, built from the store's record. They
@@ -6,86 +7,80 @@ differ only in what runs where:
 
 - **The owner** is the node the host is connected to (``Ownership``, in
   ``ownership.py``). It claims the session and runs the pipeline, seqIds continuing
-  after the highest one the session used, with one relay per language wanted anywhere
-  in the cluster: each final is translated once per language, cluster-wide.
-- **Every node** follows the session's bus (``Follower``, in ``follower.py``): it
-  re-broadcasts the owner's captions to its own listeners and keeps its listener
-  counts per language in the store: their union (read on each ``audience`` event and
-  every heartbeat) tells the owner what to translate into, and the host's
+  after the highest one the session used, translating into every language wanted
+  anywhere in the cluster: each final is translated once per language, cluster-wide,
+  and published once.
+- **Every node** follows the session's bus (``Follower``, in ``follower.py``): it hands
+  the owner's captions to its own room and keeps its listener counts per language in
+  the store; their union tells the owner what to translate into, and the host's
   ``session_stats`` count every node's listeners.
-- **Catch-up** (a late joiner or a ``lastSeq`` resume, on any node) merges the store's
-  log of finals with this node's own recent finals, renders what is missing in the
-  joiner's language, then writes it all and adds the joiner in one step with no
-  await, as ``Session.add_member`` does. A joiner on another node than the owner first
-  waits (``redis_join_wait_s`` at most) until the owner says it translates into the
-  joiner's language. Each listener is guarded: it never gets a final twice or out of
-  order, nor a partial older than its last final.
+- **Catch-up** is the room's own: before it reads the history, the store's log of
+  finals is merged into it; what is still missing is rendered here (once per final and
+  language on this node) and kept in the log for the other nodes. A joiner on another
+  node than the owner first waits (``redis_join_wait_s`` at most) until the owner says
+  it translates into the joiner's language.
 
 Lifecycle: the owner renews its claim every third of ``redis_owner_ttl_s``. A host that
 reconnects to another node moves the ownership there (the old owner stops its pipeline
-and closes its stale host connection). A host that drops starts the grace period on
-its owner, as in one process. When the owner dies, its claim lapses: the session is
-orphaned, and any node that serves it ends it (``host_timeout``) once it has been
-orphaned for ``host_grace_s``, unless a host reconnects (to any node) first. A node
-that shuts down closes its own connections with 1001 and an ``error`` asking them to
-reconnect; the session goes on elsewhere.
+and closes its stale host connection). A host that ends the session, or stays away
+past ``host_grace_s``, has the owner drain its pipeline first, then the end is
+published: listeners on every node get the last sentence before ``session_ended``.
+When the owner dies, its claim lapses: the session is orphaned, and any node that
+serves it ends it (``host_timeout``) once it has been orphaned for ``host_grace_s``,
+unless a host reconnects (to any node) first. A node that shuts down closes its own
+connections with 1001 and an ``error`` asking them to reconnect; the session goes on
+elsewhere.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from functools import partial
 from typing import Any
 
 import trio
 
-from babel_actors import logs
-from babel_actors.audience import Member
+from babel_actors.audience import Audience, Member
 from babel_actors.clock import now_ms
-from babel_actors.cluster import catchup
-from babel_actors.cluster.catchup import Rendered
 from babel_actors.cluster.follower import Follower
-from babel_actors.cluster.members import Guarded
 from babel_actors.cluster.ownership import Ownership
 from babel_actors.config import Config
 from babel_actors.engines.base import SpeechToText, Translator
-from babel_actors.events import Segment
+from babel_actors.errors import UnsupportedLanguage
 from babel_actors.glossary import Glossary
+from babel_actors.history import History
+from babel_actors.lifetime import ENDED_MESSAGES, judge
+from babel_actors.logs import bind_session
 from babel_actors.metrics import Metrics
-from babel_actors.session import Session
+from babel_actors.renderer import Renderer
+from babel_actors.room import Room
+from babel_actors.session import check_target
 from babel_actors.stages import StageRecorder
 from babel_actors.store.base import SessionRecord, SessionStore, StoreUnavailable
-from babel_actors.wire.server import (
-    caption_message,
-    encode,
-    error_message,
-    message_frame,
-    text_frame,
-)
+from babel_actors.wire.closes import GOING_AWAY, NORMAL, SERVER_ERROR
+from babel_actors.wire.server import Rendered, error_message
 
 log = logging.getLogger(__name__)
 
-GOING_AWAY = 1001
 LOCAL_REASONS = frozenset({"shutdown", "ended"})
 """End reasons that end the session on this node only."""
-_MESSAGES = {
-    "host_timeout": "The host has left; the session has ended.",
-    "error": "The session ended because of a server error.",
-    "expired": "The session expired unused.",
-}
 
 
-class ClusterSession(Session):
+class ClusterSession:
     """One shared session as this node serves it. See the module docstring.
 
     Backpressure: none of its own: captions reach this node's listeners through
     members that never block, and the store's writes are queued (bounded) by the store.
     Cancellation: ``run`` stops the follower, the heartbeat and (when owning) the
-    pipeline; ``end`` cancels it.
+    pipeline; ``cancel`` and ``end_here`` cancel it.
     Error handling: the store being unreachable costs only what needs it: captions keep
     reaching this node's listeners from a local pipeline, joiners catch up from this
     node's own history, and the heartbeat re-asserts this node's state once it returns.
+    A crash of the pipeline ends the session everywhere (reason ``error``).
     """
+
+    solo = False
 
     def __init__(
         self,
@@ -98,51 +93,95 @@ class ClusterSession(Session):
         stages: StageRecorder | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        super().__init__(
-            config,
-            stt,
-            mt,
-            code=record.code,
-            source_lang=record.source_lang,
-            stages=stages,
-            metrics=metrics,
-        )
+        self.config = config
+        self.stt = stt
+        self.mt = mt
+        self.stages = stages
+        self.metrics = metrics if metrics is not None else Metrics()
         self.id = record.id
+        self.code: str | None = record.code
         self.host_token = record.host_token
         self.created_ms = record.created_ms
+        self.last_activity_ms = now_ms()
         self.record = record
         self.store = store
+        self.source_lang = record.source_lang
+        self.sample_rate = config.default_sample_rate
+        self.glossary = Glossary()
         self.owner = ""
         """The owning node, as last known; empty when none."""
-        self.ownership = Ownership(self)
-        """The owner's side: the pipeline and its relays, while this node owns it."""
+        self.renderer = Renderer(
+            mt,
+            History(config.history_size),
+            timeout_s=config.translate_timeout_s,
+            context_segments=config.context_segments,
+            glossary=lambda: self.glossary,
+            metrics=self.metrics,
+            publish=self._keep_rendering,
+        )
         self.follower = Follower(self)
-        """The bus-reading side: the captions re-broadcast here, every node's counts."""
-        self._guards: dict[int, Guarded] = {}
+        """The bus-reading side: the captions handed to the room, every node's counts."""
+        self.room = Room(
+            config,
+            self.renderer,
+            metrics=self.metrics,
+            before_catchup=self._merge_log,
+            on_change=self._audience_changed,
+            remote_counts=lambda: self.follower.remote,
+        )
+        self.ownership = Ownership(self)
+        """The owner's side: the pipeline, while this node owns the session."""
+        self.ended = trio.Event()
+        self.end_reason = ""
+        self._host_left_ms = now_ms()
+        self._changed = trio.Event()
         self._tick_now = trio.Event()
+        self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
 
+    @property
+    def audience(self) -> Audience:
+        return self.room.audience
+
+    @property
+    def history(self) -> History:
+        return self.room.history
+
+    @property
+    def host(self) -> Member | None:
+        return self.room.host
+
+    @property
+    def ending(self) -> bool:
+        return bool(self.end_reason)
+
+    # --- languages ---------------------------------------------------------------
+
+    def check_source(self, language: str) -> None:
+        if language not in self.stt.languages():
+            raise UnsupportedLanguage(self.stt.name, language, self.stt.languages())
+
+    def check_target(self, language: str, source: str | None = None) -> None:
+        check_target(self.mt, language, source or self.source_lang)
+
+    async def set_source_language(self, language: str) -> None:
+        self.check_source(language)
+        pipeline = await self.ownership.ready()
+        await pipeline.set_source_language(language)
+        if language != self.source_lang:
+            self.source_lang = language
+            host = self.host
+            if host is not None:
+                self.room.change_language(host, language)
+            self.store.publish_control(self.id, "source", {"lang": language})
+            self.ownership.announce_languages()
+
+    async def set_glossary(self, glossary: Glossary) -> None:
+        self.glossary = glossary
+        pipeline = await self.ownership.ready()
+        await pipeline.set_glossary(glossary)
+
     # --- the host's side ---------------------------------------------------------
-
-    def attach_host(self, host: Member) -> None:
-        previous, self.host = self.host, host
-        self._host_ever = True
-        self._join(host)
-        self._touch()
-        if self.ownership.pipeline is not None:
-            self.ownership.pipeline.attach_host(host)
-            return
-        if previous is not None and previous is not host:
-            previous.close(1000, "replaced by a newer host connection")
-        if self._nursery is not None:
-            self.ownership.claim_soon(self._nursery)
-
-    def detach_host(self, host: Member) -> None:
-        if self.host is host:
-            self.host = None
-        if self.ownership.pipeline is not None:
-            self.ownership.pipeline.detach_host(host)
-        self._touch()
 
     async def feed(self, pcm: bytes, sample_rate: int | None = None) -> None:
         self.last_activity_ms = now_ms()
@@ -153,129 +192,130 @@ class ClusterSession(Session):
         pipeline = await self.ownership.ready()
         await pipeline.end_of_speech()
 
-    async def set_source_language(self, language: str) -> None:
-        self.check_source(language)
-        pipeline = await self.ownership.ready()
-        await pipeline.set_source_language(language)
-        if language != self.source_lang:
-            self.source_lang = language
-            self.ownership.update_relays()
-            self.store.publish_control(self.id, "source", {"lang": language})
-            self.send_stats()
+    def attach_host(self, host: Member) -> None:
+        previous, self.room.host = self.room.host, host
+        if previous is not None and previous is not host:
+            self.room.audience.remove(previous)
+            previous.close(NORMAL, "replaced by a newer host connection")
+        self._join(host)
+        self.room.seat(host)
+        if self.ownership.pipeline is None and self._nursery is not None:
+            self.ownership.claim_soon(self._nursery)
 
-    async def set_glossary(self, glossary: Glossary) -> None:
-        self.glossary = glossary
-        pipeline = await self.ownership.ready()
-        await pipeline.set_glossary(glossary)
+    def detach_host(self, host: Member) -> None:
+        self.room.audience.remove(host)
+        if self.room.host is host:
+            self.room.host = None
+            self._host_left_ms = now_ms()
+        self._touch()
 
     # --- listeners ---------------------------------------------------------------
 
     async def add_member(self, member: Member, *, last_seq: int | None = None) -> None:
-        """Add ``member`` after the finals it missed, from the log and this node's
-        history; missing renderings are made here. See ``Session.add_member``."""
-        language = member.target_lang
-        after = last_seq if last_seq is not None else 0
-        limit = self.config.history_size if last_seq is not None else self.config.catchup_finals
+        """Add ``member`` after the finals it missed (``Room.add_member``, with the
+        store's log merged in first)."""
         self._join(member)
-        self.audience.want(language)
-        self._audience_changed()
-        rendered: dict[int, Rendered] = {}
-        try:
-            await self.follower.await_translation(language)
-            stored = await self.follower.finals(after, limit)
-            while missing := catchup.missing(
-                catchup.window(stored, self.history, after, limit), language, rendered
-            ):
-                for segment in missing:
-                    rendered[segment.seq_id] = await self._render(segment, language)
-        finally:
-            self.audience.unwant(language)
-        guard = Guarded(member)
-        finals = catchup.window(stored, self.history, after, limit)
-        missed = catchup.captions(finals, language, rendered)
-        for caption, frame in missed:
-            guard.send_caption(caption, frame)
-        self.metrics.caught_up(language, len(missed))
-        self._guards[id(member)] = guard
-        self.audience.add(guard)
-        self._audience_changed()
-        self._touch()
-        self.send_stats()
+        await self.room.add_member(member, last_seq=last_seq)
 
     def remove_member(self, member: Member) -> None:
-        guard = self._guards.pop(id(member), None)
-        if guard is not None:
-            self.audience.remove(guard)
-        self._audience_changed()
-        self._touch()
-        self.send_stats()
+        self.room.remove_member(member)
 
     def change_language(self, member: Member, language: str) -> None:
         self.check_target(language)
-        guard = self._guards.get(id(member))
-        if guard is None:
-            member.target_lang = language
-            return
-        self.audience.remove(guard)
-        member.target_lang = guard.target_lang = language
-        self.audience.add(guard)
-        self._audience_changed()
-        self.send_stats()
+        self.room.change_language(member, language)
 
-    def notify_listeners(self, message: dict[str, Any], frame: bytes) -> None:
-        """A notice (a pipeline's error) for this node's listeners."""
-        for member in self.audience.members():
-            member.send_notice(message, frame)
-        self.metrics.notified(self.audience.people())
+    def notify_listeners(self, message: dict[str, Any]) -> None:
+        """A notice (a pipeline's error) for this node's members."""
+        self.room.notify(message)
 
     def stats(self) -> dict[str, Any]:
-        counts = self.audience.listener_counts()
-        for language, count in self.follower.remote.items():
-            if count:
-                counts[language] = counts.get(language, 0) + count
-        return {
-            "listenerCount": sum(counts.values()),
-            "languages": sorted(counts),
-            "languageCounts": counts,
-        }
+        return self.room.stats()
+
+    def send_stats(self) -> None:
+        self.room.send_stats()
 
     def info(self) -> dict[str, Any]:
-        info = super().info()
-        info["isActive"] = self.host is not None or (
-            bool(self.owner) and self.owner != self.store.node
-        )
-        return info
+        stats = self.stats()
+        return {
+            "sessionId": self.id,
+            "sessionCode": self.code,
+            "isActive": self.host is not None
+            or (bool(self.owner) and self.owner != self.store.node),
+            "listenerCount": stats["listenerCount"],
+            "languages": stats["languages"],
+            "languageCounts": stats["languageCounts"],
+            "sourceLang": self.source_lang,
+            "createdAt": self.created_ms,
+            "lastActivity": self.last_activity_ms,
+            "duration": now_ms() - self.created_ms,
+        }
 
-    def _audience_changed(self) -> None:
-        self.ownership.update_relays()
-        self.follower.push_soon()
+    async def _merge_log(self, language: str, after: int, limit: int) -> None:
+        """Before a catch-up: wait for the owner to translate ``language``, then put the
+        log's finals (other nodes' renderings) into this node's history."""
+        await self.follower.await_translation(language)
+        for rendered in await self.follower.finals(after, limit):
+            if (
+                self.history.rendering(
+                    rendered.caption.segment.seq_id, rendered.caption.target_lang
+                )
+                is None
+            ):
+                self.history.add(rendered)
 
-    async def _render(self, segment: Segment, language: str) -> Rendered:
-        """``segment`` in ``language`` for a joiner, also kept in the log."""
-        caption = await self._catchup_caption(segment, language)
-        payload = encode(caption_message(caption))
+    async def _keep_rendering(self, rendered: Rendered) -> None:
+        """A final rendered here for a joiner: into the log, for the other nodes."""
+        segment = rendered.caption.segment
         try:
-            await self.store.add_rendering(self.id, language, segment.seq_id, payload)
+            await self.store.add_rendering(
+                self.id, rendered.caption.target_lang, segment.seq_id, rendered.payload
+            )
         except StoreUnavailable:
             pass
-        return caption, text_frame(payload)
+
+    def _audience_changed(self) -> None:
+        self._touch()
+        self.follower.push_soon()
+        self.ownership.announce_languages()
+
+    def _join(self, member: Member) -> None:
+        member.count_into(self.metrics.member_counters(member.role))
+        bind_session(self.id)
+
+    def _touch(self) -> None:
+        self.last_activity_ms = now_ms()
+        self._changed.set()
 
     # --- lifecycle ---------------------------------------------------------------
 
-    def end(self, reason: str, message: str) -> None:
-        """End the session: everywhere, unless ``reason`` is this node's own
-        (``shutdown``: this node goes away, the session does not)."""
-        if self.ended.is_set():
+    def finish(
+        self, reason: str, message: str | None = None, *, drain_s: float | None = None
+    ) -> None:
+        """End the session everywhere, once this node's pipeline (if it owns one) has
+        drained, at most ``drain_s``; ``shutdown`` ends it on this node only."""
+        if self.ending:
+            return
+        message = message or ENDED_MESSAGES.get(reason, "The session has ended.")
+        if reason in LOCAL_REASONS:
+            self.end_here(reason, message)
             return
         if reason == "host_ended" and self._replaced_here():
             return
-        if reason not in LOCAL_REASONS:
-            self.store.end_soon(self.id, reason, message)
-        self.end_here(reason, message)
+        self.end_reason = reason
+        deadline = self.config.drain_s if drain_s is None else drain_s
+        if self.ownership.pipeline is not None and self._nursery is not None:
+            self._nursery.start_soon(self._drain_then_end, reason, message, deadline)
+        else:
+            self._end_everywhere(reason, message)
 
-    def end_for(self, reason: str) -> None:
-        """``end``, with the message listeners get for ``reason``."""
-        self.end(reason, _MESSAGES.get(reason, "The session has ended."))
+    def cancel(self, reason: str, message: str | None = None) -> None:
+        """End the session everywhere now (a local reason: here only)."""
+        message = message or ENDED_MESSAGES.get(reason, "The session has ended.")
+        if reason in LOCAL_REASONS:
+            self.end_here(reason, message)
+        else:
+            self._end_everywhere(reason, message)
+
 
     def _replaced_here(self) -> bool:
         """Whether a host closing here is a stale one: another node owns the session
@@ -287,11 +327,48 @@ class ClusterSession(Session):
             and self.owner not in ("", self.store.node)
         )
 
+    async def _drain_then_end(self, reason: str, message: str, deadline_s: float) -> None:
+        with trio.move_on_after(deadline_s):
+            await self.ownership.finish()
+        self._end_everywhere(reason, message)
+
+    def _end_everywhere(self, reason: str, message: str) -> None:
+        if self.ended.is_set():
+            return
+        wire_reason = "expired" if reason == "lifetime" else reason
+        self.store.end_soon(self.id, wire_reason, message)
+        self.end_here(wire_reason, message)
+
+    def end_here(self, reason: str, message: str) -> None:
+        """End the session on this node only (the store ended it, or this node goes
+        away). Idempotent."""
+        if self.ended.is_set():
+            return
+        if reason == "shutdown":
+            notice = error_message(
+                "this server is shutting down; reconnect to resume", GOING_AWAY, closing=True
+            )
+            self.room.close_all(notice, GOING_AWAY, "server shutting down")
+        else:
+            code = SERVER_ERROR if reason == "error" else NORMAL
+            self.room.close(reason, message, code)
+        self.end_reason = reason
+        self.ended.set()
+        self._scope.cancel()
+        log.info(
+            "session %s ended on this node: %s", self.id, reason, extra={"session_id": self.id}
+        )
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        logs.bind_session(self.id)
+        """Serve the session on this node until it ends here.
+
+        Error handling: a failure here ends the session on this node (reason
+        ``error``), then propagates for the server to log.
+        """
+        bind_session(self.id)
         follower = self.follower
         try:
-            with self._cancel_scope:
+            with self._scope:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     try:
@@ -303,39 +380,37 @@ class ClusterSession(Session):
                     nursery.start_soon(self._heartbeat)
                     nursery.start_soon(follower.push_counts)
                     nursery.start_soon(follower.pull_counts)
+                    nursery.start_soon(self._expire)
                     task_status.started()
         except Exception:
-            log.exception("session %s failed on this node", self.id, extra={"session_id": self.id})
-            self.end_here("error", _MESSAGES["error"])
+            self.end_here("error", ENDED_MESSAGES["error"])
+            raise
         finally:
+            self._nursery = None
             self.store.unsubscribe(self.id)
             self.end_here("ended", "The session has ended.")
 
-    def end_here(self, reason: str, message: str) -> None:
-        """End the session on this node only (the store ended it, or this node goes
-        away). Idempotent."""
-        if self.ended.is_set():
-            return
-        pipeline, host = self.ownership.pipeline, self.host
-        if reason != "shutdown":
-            if pipeline is not None:
-                pipeline.end(reason, message)
-            super().end(reason, message)
-            return
-        if pipeline is not None and host is not None:
-            pipeline.detach_host(host)
-        notice = error_message(
-            "this server is shutting down; reconnect to resume", GOING_AWAY, closing=True
-        )
-        frame = message_frame(notice)
-        for member in [*self.audience.members(), *([host] if host is not None else [])]:
-            member.send_notice(notice, frame)
-            member.close(GOING_AWAY, "server shutting down")
-        self.metrics.notified(self.audience.people() + (0 if host is None else 1))
-        self.end_reason = reason
-        self.ended.set()
-        self._cancel_scope.cancel()
-        log.info("session %s left this node: %s", self.id, reason, extra={"session_id": self.id})
+    async def _expire(self) -> None:
+        """While this node owns the session: finish it when the host stays away past
+        the grace period (the same rule as a session served alone)."""
+        while True:
+            verdict = None
+            if self.ownership.pipeline is not None:
+                verdict = judge(
+                    self.config,
+                    now=now_ms() / 1000,
+                    created=self.created_ms / 1000,
+                    host_here=self.host is not None,
+                    host_seen=True,
+                    away_since=self._host_left_ms / 1000,
+                )
+                if verdict.reason is not None:
+                    self.finish(verdict.reason)
+                    return
+            wait = math.inf if verdict is None else verdict.next_check - now_ms() / 1000
+            with trio.move_on_after(max(wait, 0.0)):
+                await self._changed.wait()
+                self._changed = trio.Event()
 
     # --- heartbeat ---------------------------------------------------------------
 
@@ -372,16 +447,23 @@ class ClusterSession(Session):
         if owning and state.owner and state.owner != self.store.node:
             self.ownership.give_up(state.owner)
         self.owner = state.owner
-        now = now_ms()
-        lifetime_ms = self.config.max_session_s * 1000
-        if lifetime_ms and now - self.created_ms >= lifetime_ms:
-            self.end("expired", "The session reached its time limit and has ended.")
-            return
         if state.owner or self.ownership.claiming:
-            return
-        if state.host_seen:
-            grace_ms = self.config.host_grace_s * 1000
-            if state.away_since_ms and now - state.away_since_ms >= grace_ms:
-                self.end("host_timeout", _MESSAGES["host_timeout"])
-        elif now - self.created_ms >= self.config.session_idle_s * 1000:
-            self.end("expired", _MESSAGES["expired"])
+            verdict = judge(
+                self.config,
+                now=now_ms() / 1000,
+                created=self.created_ms / 1000,
+                host_here=True,
+                host_seen=True,
+                away_since=0.0,
+            )
+        else:
+            verdict = judge(
+                self.config,
+                now=now_ms() / 1000,
+                created=self.created_ms / 1000,
+                host_here=False,
+                host_seen=state.host_seen,
+                away_since=(state.away_since_ms or now_ms()) / 1000,
+            )
+        if verdict.reason is not None:
+            self.finish(verdict.reason)

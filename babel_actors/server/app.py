@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from babel_actors.cluster import ClusterSession
 from babel_actors.config import Config
 from babel_actors.engines.base import SpeechToText, Translator
 from babel_actors.errors import ConfigError
@@ -18,7 +19,7 @@ from babel_actors.server.connection import Connection
 from babel_actors.server.guard import Guard
 from babel_actors.server.http import serve_connection
 from babel_actors.server.routes import Api
-from babel_actors.store import SessionStore, open_store
+from babel_actors.store import SessionRecord, SessionStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,9 @@ async def serve(
     try:
         async with trio.open_nursery() as outer, _store(config, store) as store:
             async with trio.open_nursery() as sessions_nursery:
-                registry = Registry(config, stt, mt, sessions_nursery, store)
+                registry = Registry(
+                    config, stt, mt, sessions_nursery, store, shared_session=_cluster_session
+                )
                 guard = Guard(config, registry.metrics)
                 server = Server(config, registry, guard, port)
                 api = Api(registry, guard)
@@ -96,7 +99,9 @@ async def serve(
                     log.info("shutting down: ending %d sessions", len(registry.live()))
                     trio.lowlevel.notify_closing(listener)
                     listener.close()
-                    registry.end_all("shutdown", "The server is shutting down.")
+                    # Sessions drain first, leaving time to close their connections.
+                    drain_s = max(0.0, config.shutdown_grace_s - config.close_timeout_s)
+                    registry.finish_all("shutdown", drain_s=min(config.drain_s, drain_s))
                     connections.cancel_scope.deadline = (
                         trio.current_time() + config.shutdown_grace_s
                     )
@@ -106,6 +111,19 @@ async def serve(
         if listener.fileno() != -1:
             trio.lowlevel.notify_closing(listener)
             listener.close()
+
+
+def _cluster_session(registry: Registry, record: SessionRecord) -> ClusterSession:
+    """The session this node serves for a record of a shared store."""
+    return ClusterSession(
+        registry.config,
+        registry.stt,
+        registry.mt,
+        record=record,
+        store=registry.store,
+        stages=registry.stages,
+        metrics=registry.metrics,
+    )
 
 
 @asynccontextmanager

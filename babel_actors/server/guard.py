@@ -18,18 +18,11 @@ import attrs
 import trio
 
 from babel_actors.config import Config
+from babel_actors.live import LiveSession
 from babel_actors.metrics import Metrics
-from babel_actors.server.access import (
-    KeyRing,
-    OriginPolicy,
-    TrustedProxies,
-    client_address,
-    limit_key,
-    presented_key,
-    wide_limit_key,
-)
+from babel_actors.netaddr import TrustedProxies, client_address, limit_key, wide_limit_key
+from babel_actors.server.access import KeyRing, OriginPolicy, presented_key
 from babel_actors.server.limits import AudioMeter, ClientCounts, FailureWindow, LiveCounts
-from babel_actors.session import Session
 from babel_actors.wire.closes import POLICY, TRY_AGAIN_LATER
 
 UNAUTHORIZED = 401
@@ -125,7 +118,7 @@ class Guard:
         self.sessions = LiveCounts()
         self.listeners = ClientCounts(config.max_listeners_per_session)
         self.audio = AudioMeter(rate=config.audio_rate_slack, burst=config.audio_burst_s)
-        self._owners: weakref.WeakKeyDictionary[Session, str] = weakref.WeakKeyDictionary()
+        self._owners: weakref.WeakKeyDictionary[LiveSession, str] = weakref.WeakKeyDictionary()
 
     def refuse(
         self,
@@ -153,7 +146,7 @@ class Guard:
     # --- who is asking ------------------------------------------------------------
 
     def client(self, peer: str, headers: Mapping[str, str]) -> str:
-        """The client's address (see ``access.client_address``): what the headers
+        """The client's address (see ``netaddr.client_address``): what the headers
         name when ``peer`` is a trusted proxy, else ``peer``."""
         return client_address(peer, headers, trust_proxy=self.proxies.trusts(peer))
 
@@ -227,7 +220,7 @@ class Guard:
         return counts
 
     @contextmanager
-    def session_place(self, owner: str) -> Iterator[Callable[[Session], None]]:
+    def session_place(self, owner: str) -> Iterator[Callable[[LiveSession], None]]:
         """Refuse (429; close 1013) a new session past ``max_sessions_per_key``; else
         hold a place for it while it is created, so concurrent starts cannot all pass
         the check. Call the yielded function with the new session: it then counts
@@ -245,7 +238,7 @@ class Guard:
         if limit:
             self.sessions.add(owner, reserved)
 
-        def started(session: Session) -> None:
+        def started(session: LiveSession) -> None:
             self._owners[session] = owner
             if limit:
                 self.sessions.add(owner, session.ended)
@@ -255,7 +248,7 @@ class Guard:
         finally:
             reserved.set()
 
-    def check_listeners(self, session: Session) -> None:
+    def check_listeners(self, session: LiveSession) -> None:
         """Refuse (429; close 1013) a listener of a full session."""
         limit = self.config.max_listeners_per_session
         if limit and self.listeners.count(session.id) >= limit:
@@ -267,7 +260,7 @@ class Guard:
             )
 
     @contextmanager
-    def listener_slot(self, session: Session) -> Iterator[None]:
+    def listener_slot(self, session: LiveSession) -> Iterator[None]:
         """Hold one of the session's listener places for the block (joining included,
         so joiners catching up at once cannot overfill it)."""
         self.check_listeners(session)
@@ -277,7 +270,7 @@ class Guard:
         finally:
             self.listeners.release(session.id)
 
-    def meter_audio(self, session: Session, pcm_bytes: int) -> None:
+    def meter_audio(self, session: LiveSession, pcm_bytes: int) -> None:
         """Refuse (429; close 1008) audio past what ``session``'s host may send: real
         time times ``audio_rate_slack``, after a burst of ``audio_burst_s``, per
         session and per owner (see ``AudioMeter``), and any one message longer than

@@ -11,10 +11,10 @@ import attrs
 from babel_actors.audience import Role
 from babel_actors.clock import now_ms
 from babel_actors.errors import ProtocolError, UnsupportedLanguage
+from babel_actors.live import LiveSession
 from babel_actors.registry import Registry
 from babel_actors.server.guard import Guard, Refusal
 from babel_actors.server.websocket import WebSocketPeer
-from babel_actors.session import Session
 from babel_actors.store import StoreUnavailable
 from babel_actors.wire.client import (
     Audio,
@@ -98,7 +98,8 @@ async def _serve_host(
     finally:
         session.detach_host(peer)
         if peer.remote_close_code == NORMAL and session.host is None:
-            session.end("host_ended", "The host ended the session.")
+            # What the host said before closing still reaches every listener.
+            session.finish("host_ended")
 
 
 async def _serve_solo(
@@ -114,7 +115,7 @@ async def _serve_solo(
         session.check_target(target)
     except UnsupportedLanguage as exc:
         peer.fail(str(exc), POLICY)
-        session.end("closed", "The solo session was refused.")
+        session.cancel("closed", "The solo session was refused.")
         return
     peer.role = Role.SOLO
     peer.target_lang = target
@@ -124,12 +125,13 @@ async def _serve_solo(
         await _host_loop(peer, session, guard)
     finally:
         session.detach_host(peer)
-        session.end("closed", "The solo session has ended.")
+        # The solo user is gone: nobody is left to read what is still in the pipeline.
+        session.cancel("closed", "The solo session has ended.")
 
 
 async def _session_for(
     peer: WebSocketPeer, query: Mapping[str, str], registry: Registry, guard: Guard, caller: Caller
-) -> Session | None:
+) -> LiveSession | None:
     """The session the query names, served here (it may live on another node); None
     after telling the peer why not. Joining counts as a join attempt: a client locked
     out for failed joins is refused (``Guard.check_join``, before the lookup and after
@@ -149,7 +151,7 @@ async def _session_for(
     return session
 
 
-def _ready(peer: WebSocketPeer, session: Session) -> dict[str, object]:
+def _ready(peer: WebSocketPeer, session: LiveSession) -> dict[str, object]:
     """``session_ready``: sent when a host or solo user connects, and again after each
     accepted ``init`` (as the original does), carrying the languages now in force."""
     ready: dict[str, object] = {
@@ -164,7 +166,7 @@ def _ready(peer: WebSocketPeer, session: Session) -> dict[str, object]:
     return ready
 
 
-async def _host_loop(peer: WebSocketPeer, session: Session, guard: Guard) -> None:
+async def _host_loop(peer: WebSocketPeer, session: LiveSession, guard: Guard) -> None:
     """Read a host's (or solo user's) messages: audio in, settings, pings. Raises
     ``Refusal`` for audio faster than the host may send it."""
     config = session.config
@@ -184,7 +186,7 @@ async def _host_loop(peer: WebSocketPeer, session: Session, guard: Guard) -> Non
             peer.error("a host changes language with init.sourceLang", FORBIDDEN)
 
 
-async def _apply_init(peer: WebSocketPeer, session: Session, message: Init) -> None:
+async def _apply_init(peer: WebSocketPeer, session: LiveSession, message: Init) -> None:
     """All or nothing: every field is checked before any is applied, so a refused
     ``init`` (``error`` 400) changes nothing; an accepted one gets ``session_ready``."""
     source = message.source_lang or session.source_lang
@@ -233,7 +235,9 @@ async def _serve_listener(
         await _listen(peer, session, target, resume)
 
 
-async def _listen(peer: WebSocketPeer, session: Session, target: str, resume: int | None) -> None:
+async def _listen(
+    peer: WebSocketPeer, session: LiveSession, target: str, resume: int | None
+) -> None:
     """A listener's life: joined, caught up, then its messages until it leaves."""
     peer.role = Role.LISTENER
     peer.target_lang = target
@@ -273,7 +277,7 @@ def _pong(peer: WebSocketPeer, ping: Ping) -> None:
     peer.send({"type": "pong", "timestamp": stamp})
 
 
-def _change_language(peer: WebSocketPeer, session: Session, language: str) -> None:
+def _change_language(peer: WebSocketPeer, session: LiveSession, language: str) -> None:
     try:
         session.change_language(peer, language)
     except UnsupportedLanguage as exc:

@@ -16,10 +16,10 @@ from urllib.parse import urlencode
 import attrs
 
 from babel_actors.errors import UnsupportedLanguage
+from babel_actors.live import LiveSession
 from babel_actors.registry import Registry
 from babel_actors.server.guard import Guard
 from babel_actors.server.static import StaticSite
-from babel_actors.session import Session
 from babel_actors.stages import process_usage
 from babel_actors.store import StoreUnavailable
 from babel_actors.wire.client import is_language, loads_json
@@ -153,7 +153,7 @@ class Api:
         if not isinstance(code, str) or not code.strip():
             return 400, _failure("sessionCode is required")
         session = await self._lookup(code, client)
-        if not isinstance(session, Session):
+        if isinstance(session, tuple):
             return session
         self.guard.check_listeners(session)
         target = body.get("targetLang", session.source_lang)
@@ -185,11 +185,11 @@ class Api:
 
     async def session_info(self, code: str, client: str) -> Reply:
         session = await self._lookup(code, client)
-        if not isinstance(session, Session):
+        if isinstance(session, tuple):
             return session
         return 200, {"success": True, "session": session.info()}
 
-    async def _lookup(self, code: str, client: str) -> Session | Reply:
+    async def _lookup(self, code: str, client: str) -> LiveSession | Reply:
         """The session with ``code``, or the reply: 404, or 503 when the store is
         unreachable. A join attempt of ``client``: raises ``Refusal`` (429) when it is
         locked out, before the lookup or after it (``Guard.check_join``); a 404 counts

@@ -8,11 +8,19 @@ broadcaster writes those bytes to each socket.
 from __future__ import annotations
 
 import json
+import logging
 import struct
 from typing import Any
 
+import attrs
+
 from babel_actors.clock import now_ms
-from babel_actors.events import Caption
+from babel_actors.events import Caption, Segment
+
+log = logging.getLogger(__name__)
+
+SERVICE_UNAVAILABLE = 503
+"""``error.code`` when the speech engine fails for a while: the session goes on."""
 
 TEXT = 0x1
 CLOSE = 0x8
@@ -64,6 +72,50 @@ def caption_message(caption: Caption) -> dict[str, Any]:
         "targetLang": caption.target_lang,
         "hasTranslation": caption.has_translation,
     }
+
+
+@attrs.frozen
+class Rendered:
+    """A caption ready for the wire: built once, written to every reader of its
+    language, kept in history for catch-up and published as it is to other nodes."""
+
+    caption: Caption
+    """What was said, in which language."""
+    payload: bytes
+    """The ``translation`` message, JSON (what the bus and the store carry)."""
+    frame: bytes
+    """``payload`` as one unmasked WebSocket text frame (what sockets get)."""
+
+
+def render(caption: Caption) -> Rendered:
+    """``caption`` as its ``translation`` message, encoded and framed once."""
+    payload = encode(caption_message(caption))
+    return Rendered(caption, payload, text_frame(payload))
+
+
+def rendered_from_payload(payload: bytes) -> Rendered | None:
+    """A ``translation`` message (another node's rendering) back into a ``Rendered``;
+    None, logged, when it is malformed."""
+    try:
+        message = json.loads(payload)
+        segment = Segment(
+            seq_id=int(message["seqId"]),
+            text=str(message["originalText"]),
+            is_partial=bool(message["isPartial"]),
+            source_lang=str(message["sourceLang"]),
+            recognized_at=0.0,
+            wall_ms=int(message["timestamp"]),
+        )
+        caption = Caption(
+            segment,
+            str(message["targetLang"]),
+            str(message["translatedText"]),
+            bool(message["hasTranslation"]),
+        )
+    except (ValueError, KeyError, TypeError):
+        log.warning("dropping a malformed caption")
+        return None
+    return Rendered(caption, payload, text_frame(payload))
 
 
 def error_message(message: str, code: int, *, closing: bool = False) -> dict[str, Any]:
