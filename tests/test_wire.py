@@ -28,6 +28,7 @@ from babel_actors.wire.client import (
     parse_binary,
     parse_text,
 )
+from babel_actors.wire.query import last_seq, parse_query, socket_query_problem
 from babel_actors.wire.server import (
     close_frame,
     encode,
@@ -319,3 +320,29 @@ def test_notices_match_the_contract(message: dict[str, Any]) -> None:
 def test_accept_key_matches_rfc_6455_example() -> None:
     # RFC 6455, section 1.3.
     assert accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+# --- the /translate query ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["-1", "0", "7", "123456789"])
+def test_last_seq_takes_ascii_integers_from_minus_one(text: str) -> None:
+    assert last_seq(text) == int(text)
+
+
+@pytest.mark.parametrize("text", ["1_0", "+1", " 1", "1 ", "-2", "01", "\u0661", "1.0", "0x1"])
+def test_last_seq_refuses_what_int_would_take_or_the_contract_does_not(text: str) -> None:
+    with pytest.raises(ValueError):
+        last_seq(text)
+    assert socket_query_problem({"lastSeq": text}) == "malformed query parameter lastSeq"
+
+
+def test_an_absent_or_empty_last_seq_means_no_resume() -> None:
+    assert last_seq(None) is None and last_seq("") is None
+
+
+def test_the_query_keeps_blank_values_and_the_last_repeat() -> None:
+    assert parse_query("role=listener&targetLang=&role=host") == {
+        "role": "host",
+        "targetLang": "",
+    }

@@ -7,7 +7,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import SplitResult, parse_qsl, urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import h11
 import trio
@@ -21,6 +21,7 @@ from babel_actors.server.routes import Api, Request, allowed_methods
 from babel_actors.server.static import Asset
 from babel_actors.server.websocket import WebSocketPeer, accept_key
 from babel_actors.wire.closes import SERVER_ERROR, TOO_BIG
+from babel_actors.wire.query import parse_query
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ async def _answer(
             api.guard.check_operator(headers)
             _send_metrics(conn, http, api, head=head)
             return
-        query = dict(parse_qsl(target.query, keep_blank_values=True))
+        query = parse_query(target.query)
         status, reply = await api.handle(Request(method, path, body, query, headers, client))
     except Refusal as refusal:
         _respond(conn, http, refusal.status, refusal.body(), [*cors, *refusal.headers()], head=head)
@@ -265,7 +266,7 @@ async def _serve_websocket(
     )
     trailing, _ = http.trailing_data
     peer = WebSocketPeer(conn, api.registry.config, bytes(trailing))
-    query = dict(parse_qsl(target.query))
+    query = parse_query(target.query)
     with peer.read_scope:
         try:
             await serve_role(peer, query, api.registry, api.guard, Caller(client, headers))

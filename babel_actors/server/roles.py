@@ -28,6 +28,7 @@ from babel_actors.wire.client import (
     parse_text,
 )
 from babel_actors.wire.closes import GOING_AWAY, NORMAL, POLICY, TRY_AGAIN_LATER
+from babel_actors.wire.query import last_seq as parse_last_seq
 
 log = logging.getLogger(__name__)
 
@@ -222,9 +223,7 @@ async def _serve_listener(
         if not is_language(target):
             raise ProtocolError("targetLang must be a language code such as 'es'")
         session.check_target(target)
-        resume = int(last_seq) if last_seq not in (None, "") else None
-        if resume is not None and resume < -1:
-            raise ValueError(last_seq)
+        resume = parse_last_seq(last_seq)
     except (UnsupportedLanguage, ProtocolError) as exc:
         peer.fail(str(exc), POLICY)
         return

@@ -6,7 +6,6 @@ the HTTP layer answers.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
@@ -23,10 +22,9 @@ from babel_actors.server.static import StaticSite
 from babel_actors.stages import process_usage
 from babel_actors.store import StoreUnavailable
 from babel_actors.wire.client import is_language, loads_json
+from babel_actors.wire.query import MAX_USER_NAME, socket_query_problem
 
 Reply = tuple[int, dict[str, Any]]
-
-MAX_USER_NAME = 50
 
 OPERATOR_PATHS = frozenset({"/sessions", "/stats", "/stats/reset", "/metrics"})
 """Routes that need the operator key, when one is configured."""
@@ -101,7 +99,7 @@ class Api:
         if path in OPERATOR_PATHS:
             self.guard.check_operator(request.headers)
         if path == WEBSOCKET_PATH:
-            problem = _socket_query_problem(request.query)
+            problem = socket_query_problem(request.query)
             if problem is not None:
                 return 400, _failure(problem)
             return 426, _failure("this endpoint speaks WebSocket only")
@@ -252,37 +250,6 @@ class Api:
         if not isinstance(data, dict):
             return 400, _failure("the body must be a JSON object")
         return await handler(data)
-
-
-def _is_last_seq(value: str) -> bool:
-    try:
-        return int(value) >= -1
-    except ValueError:
-        return False
-
-
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,256}")
-_SOCKET_PARAMETERS: dict[str, Callable[[str], bool]] = {
-    "role": lambda value: value in ("host", "listener"),
-    "sessionId": lambda value: _UUID.fullmatch(value) is not None,
-    "token": lambda value: _TOKEN.fullmatch(value) is not None,
-    "targetLang": is_language,
-    "userName": lambda value: len(value) <= MAX_USER_NAME,
-    "lastSeq": _is_last_seq,
-    "apiKey": bool,
-}
-"""The ``/translate`` query parameters of ``openapi.yaml``, and what each must be."""
-
-
-def _socket_query_problem(query: Mapping[str, str]) -> str | None:
-    """What is malformed in the query of a plain GET of ``/translate``: it gets 400
-    for that before 426 for not upgrading. (An upgrade is never refused for its
-    query: the WebSocket tells the client why, where a browser can read it.)"""
-    for name, valid in _SOCKET_PARAMETERS.items():
-        if name in query and not valid(query[name]):
-            return f"malformed query parameter {name}"
-    return None
 
 
 def _failure(message: str) -> dict[str, Any]:
