@@ -67,12 +67,15 @@ class Seat:
         self.member = member
         self.last_final = 0
 
-    def send(self, caption: Caption, frame: bytes) -> None:
+    def send(self, caption: Caption, frame: bytes) -> bool:
+        """Hand ``caption`` to the member unless the guard drops it; whether it did."""
         seq = caption.segment.seq_id
-        if seq > self.last_final:
-            if not caption.segment.is_partial:
-                self.last_final = seq
-            self.member.send_caption(caption, frame)
+        if seq <= self.last_final:
+            return False
+        if not caption.segment.is_partial:
+            self.last_final = seq
+        self.member.send_caption(caption, frame)
+        return True
 
 
 class Audience:

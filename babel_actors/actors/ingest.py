@@ -53,6 +53,7 @@ async def run_ingest(
     answered there, on the socket that sent it).
     Backpressure: blocks on a full outbox, which stops the host connection reading its
     socket, so TCP pushes back on a client sending faster than the engine listens.
+    Draining: when ``inbox`` ends, the resampler's tail is sent, then the outbox closes.
     Cancellation: safe at any await; a partial resampler state is simply dropped.
     Error handling: none expected; input is validated upstream.
     """
@@ -66,8 +67,14 @@ async def run_ingest(
                         AudioFrame(pcm, resampler.out_rate, event.received_at, trio.current_time())
                     )
                 continue
-            tail = resampler.flush()
-            if tail:
-                now = trio.current_time()
-                await outbox.send(AudioFrame(tail, resampler.out_rate, now, now))
+            await _flush(resampler, outbox)
             await outbox.send(event)
+        # Draining: what the filter still holds is the end of what the host said.
+        await _flush(resampler, outbox)
+
+
+async def _flush(resampler: Resampler, outbox: trio.MemorySendChannel[SttInput]) -> None:
+    tail = resampler.flush()
+    if tail:
+        now = trio.current_time()
+        await outbox.send(AudioFrame(tail, resampler.out_rate, now, now))

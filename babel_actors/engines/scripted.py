@@ -48,6 +48,8 @@ def sentence_script(
     return tuple(lines)
 
 
+_EPSILON_S = 1e-9
+
 DEFAULT_SCRIPT = sentence_script(
     [
         "Good morning, everyone, and welcome.",
@@ -112,7 +114,12 @@ class ScriptedSpeechToText:
             async for event in audio:
                 if isinstance(event, AudioFrame):
                     heard_s += len(event.pcm) / 2 / event.sample_rate
-                    while position < len(script) and script[position].at_s + offset_s <= heard_s:
+                    # Within a nanosecond: float seconds added up leave ten 0.1 s frames
+                    # short of the line scripted at 1.0 s.
+                    while (
+                        position < len(script)
+                        and script[position].at_s + offset_s <= heard_s + _EPSILON_S
+                    ):
                         line = script[position]
                         await self._emit(
                             results, line, offset_s, event.received_at, event.ingested_at
