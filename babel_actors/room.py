@@ -71,9 +71,10 @@ class Room:
         if not group:
             return 0
         frame = rendered.frame
+        written = 0
         for seat in list(group.values()):
-            seat.send(caption, frame)
-        return len(group)
+            written += seat.send(caption, frame)
+        return written
 
     # --- members ---------------------------------------------------------------
 
