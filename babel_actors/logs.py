@@ -6,6 +6,12 @@ tagged with the session it belongs to, and nothing secret or audio in it.
   session's supervisor binds itself, so every actor's records carry the id; so does
   a connection's task when it joins a session. A record may also name it explicitly
   (``extra={"session_id": ...}``), as a session's end does, whichever task ends it.
+- **Access log.** The logger ``babel_actors.access`` writes one INFO line per HTTP
+  request or refusal (client, method, path without its query, status, and the
+  refusal's reason) and per WebSocket opened (its role and session) and closed (its
+  close code): never a header, a query string, a body or a message. Ordinary ends
+  (a client gone, an idle connection closed) are INFO or DEBUG, without tracebacks;
+  a traceback means a bug.
 - **Redaction.** ``RedactSecrets`` rewrites a record's message, exception and stack
   text before any formatter sees them: the value after anything named like a token, a
   key or an authorization (``token=``, ``apiKey=``, ``X-API-Key:``, ``Authorization:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+import io
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from typing import Any
 
@@ -13,6 +15,7 @@ import trio.testing
 import trio_websocket
 from protocol_schemas import validate_http, validate_server_message
 
+from babel_actors import logs
 from babel_actors.config import Config
 from babel_actors.engines.base import SpeechToText
 from babel_actors.server.app import Server, serve
@@ -174,3 +177,19 @@ async def all_at_once(
         await trio.testing.wait_all_tasks_blocked()
         gate.set()
     return responses
+
+
+@contextmanager
+def captured_json() -> Iterator[io.StringIO]:
+    """The root logger's records, as the CLI writes them with ``json``, in a buffer."""
+    out = io.StringIO()
+    handler = logs.handler("json", out)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield out
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)

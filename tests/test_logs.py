@@ -12,8 +12,8 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import httpx
 import pytest
 import trio
 import trio_websocket
-from helpers import listener_path, live_session
+from helpers import captured_json, listener_path, live_session
 
 from babel_actors import logs
 from babel_actors.config import Config
@@ -50,22 +50,6 @@ def json_lines(text: str) -> list[dict[str, Any]]:
         assert {"time", "level", "logger", "message"} <= record.keys(), line
         records.append(record)
     return records
-
-
-@contextmanager
-def captured_json() -> Iterator[io.StringIO]:
-    """The root logger's records, as the CLI writes them with ``json``, in a buffer."""
-    out = io.StringIO()
-    handler = logs.handler("json", out)
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
-        yield out
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
 
 
 def audio(seconds: float, rate: int = 24000) -> bytes:
