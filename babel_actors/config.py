@@ -75,6 +75,18 @@ class Config:
     audio_burst_s: float = 10.0
     """Seconds of audio a host may send ahead of real time at once (a reconnecting
     browser flushes what it buffered)."""
+    control_rate: float = 5.0
+    """Messages other than audio (``init``, ``change_language``, ``ping``,
+    ``audio_end``, and malformed or refused ones) one connection may send per second,
+    sustained, after a burst of ``control_burst``; past it each is refused (``error``
+    429) and ``control_burst`` refused in a row close the connection (1008, ``status``
+    429) (0: no limit)."""
+    control_burst: int = 40
+    """Messages other than audio one connection may send at once."""
+    stats_interval_s: float = 1.0
+    """Least time between two ``session_stats`` to a host: changes meanwhile (listeners
+    coming, going, changing language) go out as one, with the latest figures, when it
+    is over; the first after a quiet spell goes at once (0: every change at once)."""
     max_listeners_per_session: int = 5000
     """Listeners one session admits; more are refused (429, close 1013) (0: no limit)."""
     max_sessions_per_key: int = 20
@@ -113,7 +125,12 @@ class Config:
     pipeline is cancelled."""
 
     max_message_bytes: int = 1 << 20
-    """Largest WebSocket message accepted (close 1009 beyond)."""
+    """Largest WebSocket message accepted (close 1009 beyond); each frame of a
+    fragmented message counts its payload plus ``FRAME_COST`` bytes, so empty or tiny
+    fragments cannot hold memory the limit does not see."""
+    max_message_fragments: int = 64
+    """Most frames one WebSocket message may come in (close 1009 beyond); browsers send
+    each message in one frame."""
     max_http_body_bytes: int = 64 << 10
     """Largest HTTP request body accepted (413 beyond)."""
     max_sample_rate: int = 96000

@@ -19,6 +19,9 @@ class History:
     def __init__(self, size: int) -> None:
         self.size = size
         self._entries: dict[int, tuple[Segment, dict[str, Rendered]]] = {}
+        self.dropped = 0
+        """The highest seqId of a final it let go of (aged out, or older than
+        everything kept when it arrived); 0 when none. Everything kept is newer."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -55,6 +58,16 @@ class History:
         """The oldest seqId kept; 0 when empty."""
         return next(iter(self._entries), 0)
 
+    def resumed_from(self, last_seq: int) -> int:
+        """Where a resume after ``last_seq`` really starts: ``last_seq`` when every
+        final after it is still kept; when some of them were let go, the seqId just
+        before the oldest final kept (just after the newest one let go, if nothing is
+        kept), so that every final after the answer is kept (seqIds count partials
+        too: a gap between ``last_seq`` and the oldest kept is not by itself a loss)."""
+        if self.dropped <= last_seq:
+            return last_seq
+        return self.first_seq() - 1 if self._entries else self.dropped
+
     def texts_before(self, seq_id: int, limit: int) -> tuple[str, ...]:
         """Source text of the last ``limit`` finals before seqId ``seq_id``, oldest
         first: a translation's context."""
@@ -72,13 +85,16 @@ class History:
         if entry is not None:
             return entry[1]
         if self._entries and seq < self.first_seq() and len(self._entries) >= self.size:
+            self.dropped = max(self.dropped, seq)
             return {}  # older than everything kept in a full history: not worth keeping
         out_of_order = bool(self._entries) and seq < self.last_seq()
         entry = self._entries[seq] = (segment, {})
         if out_of_order:
             self._entries = dict(sorted(self._entries.items()))
         while len(self._entries) > self.size:
-            del self._entries[next(iter(self._entries))]
+            oldest = next(iter(self._entries))
+            del self._entries[oldest]
+            self.dropped = max(self.dropped, oldest)
         return entry[1]
 
     def _tail(self, after: int, limit: int) -> list[tuple[Segment, dict[str, Rendered]]]:

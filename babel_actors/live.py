@@ -3,6 +3,7 @@ a cluster (``ClusterSession``): both have this shape, by composition, not inheri
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import trio
@@ -53,7 +54,16 @@ class LiveSession(Protocol):
 
     def detach_host(self, host: Member) -> None: ...
 
-    async def add_member(self, member: Member, *, last_seq: int | None = None) -> None: ...
+    async def add_member(
+        self,
+        member: Member,
+        *,
+        last_seq: int | None = None,
+        greet: Callable[[int | None], None] | None = None,
+    ) -> int | None:
+        """Add ``member`` after the finals it missed; ``greet`` gets where its replay
+        starts (``resumedFrom``) right before it (``Room.add_member``)."""
+        ...
 
     def remove_member(self, member: Member) -> None: ...
 

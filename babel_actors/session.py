@@ -26,7 +26,7 @@ from babel_actors.logs import bind_session
 from babel_actors.metrics import Metrics
 from babel_actors.pipeline import Pipeline
 from babel_actors.renderer import Renderer
-from babel_actors.room import Room
+from babel_actors.room import Greet, Room
 from babel_actors.stages import StageRecorder
 from babel_actors.wire.closes import GOING_AWAY, NORMAL, SERVER_ERROR
 from babel_actors.wire.server import SERVICE_UNAVAILABLE, error_message
@@ -202,10 +202,13 @@ class Session:
 
     # --- listeners -------------------------------------------------------------
 
-    async def add_member(self, member: Member, *, last_seq: int | None = None) -> None:
-        """Add ``member`` after the finals it missed (``Room.add_member``)."""
+    async def add_member(
+        self, member: Member, *, last_seq: int | None = None, greet: Greet | None = None
+    ) -> int | None:
+        """Add ``member`` after the finals it missed (``Room.add_member``); returns
+        where its replay started."""
         self._join(member)
-        await self.room.add_member(member, last_seq=last_seq)
+        return await self.room.add_member(member, last_seq=last_seq, greet=greet)
 
     def remove_member(self, member: Member) -> None:
         self.room.remove_member(member)
@@ -287,6 +290,7 @@ class Session:
                     self._nursery = nursery
                     await nursery.start(self._run_pipeline)
                     nursery.start_soon(self._expire)
+                    nursery.start_soon(self.room.pace_stats)
                     task_status.started()
         except Exception:
             self.end_reason = "error"

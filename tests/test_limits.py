@@ -191,8 +191,9 @@ def test_an_owners_sessions_share_an_audio_bucket_that_outlives_them() -> None:
     for n in range(1, 100):
         assert meter.take("key", first, 1.0, now=float(n)) is None
         assert meter.take("key", second, 1.0, now=float(n)) is None
-    # One session is held to the rate, whatever its owner has left.
-    assert meter.take("key", first, 10.0, now=200.0) is None
+    # One session is held to its own timeline (the burst plus the rate for each second
+    # since its stream began: 209 s by now, 99 s sent), whatever its owner has left.
+    assert meter.take("key", first, 110.0, now=200.0) is None
     assert meter.take("key", first, 1.0, now=200.0) == 0.0
     assert meter.take("key", second, 1.0, now=200.0) is None
 

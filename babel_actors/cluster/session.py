@@ -54,7 +54,7 @@ from babel_actors.lifetime import ENDED_MESSAGES, judge
 from babel_actors.logs import bind_session
 from babel_actors.metrics import Metrics
 from babel_actors.renderer import Renderer
-from babel_actors.room import Room
+from babel_actors.room import Greet, Room
 from babel_actors.session import check_target
 from babel_actors.stages import StageRecorder
 from babel_actors.store.base import SessionRecord, SessionStore, StoreUnavailable
@@ -211,11 +211,13 @@ class ClusterSession:
 
     # --- listeners ---------------------------------------------------------------
 
-    async def add_member(self, member: Member, *, last_seq: int | None = None) -> None:
+    async def add_member(
+        self, member: Member, *, last_seq: int | None = None, greet: Greet | None = None
+    ) -> int | None:
         """Add ``member`` after the finals it missed (``Room.add_member``, with the
-        store's log merged in first)."""
+        store's log merged in first); returns where its replay started."""
         self._join(member)
-        await self.room.add_member(member, last_seq=last_seq)
+        return await self.room.add_member(member, last_seq=last_seq, greet=greet)
 
     def remove_member(self, member: Member) -> None:
         self.room.remove_member(member)
@@ -381,6 +383,7 @@ class ClusterSession:
                     nursery.start_soon(follower.push_counts)
                     nursery.start_soon(follower.pull_counts)
                     nursery.start_soon(self._expire)
+                    nursery.start_soon(self.room.pace_stats)
                     task_status.started()
         except Exception:
             self.end_here("error", ENDED_MESSAGES["error"])

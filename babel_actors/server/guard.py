@@ -22,8 +22,15 @@ from babel_actors.live import LiveSession
 from babel_actors.metrics import Metrics
 from babel_actors.netaddr import TrustedProxies, client_address, limit_key, wide_limit_key
 from babel_actors.server.access import KeyRing, OriginPolicy, presented_key
-from babel_actors.server.limits import AudioMeter, ClientCounts, FailureWindow, LiveCounts
+from babel_actors.server.limits import (
+    AudioMeter,
+    ClientCounts,
+    FailureWindow,
+    LiveCounts,
+    MessageMeter,
+)
 from babel_actors.wire.closes import POLICY, TRY_AGAIN_LATER
+from babel_actors.wire.server import error_message as wire_error
 
 UNAUTHORIZED = 401
 FORBIDDEN = 403
@@ -270,12 +277,15 @@ class Guard:
         finally:
             self.listeners.release(session.id)
 
-    def meter_audio(self, session: LiveSession, pcm_bytes: int) -> None:
-        """Refuse (429; close 1008) audio past what ``session``'s host may send: real
-        time times ``audio_rate_slack``, after a burst of ``audio_burst_s``, per
-        session and per owner (see ``AudioMeter``), and any one message longer than
-        the burst. The buckets outlive a connection: a host that reconnects, or a solo
-        client that starts a new session, finds them as it left them."""
+    def meter_audio(self, session: LiveSession, pcm_bytes: int, *, began: float) -> None:
+        """Refuse (429; close 1008) audio past what ``session``'s host may have sent
+        by now on its own timeline: ``audio_burst_s`` plus ``audio_rate_slack`` times
+        the time since its stream began (``began``: when this host connection
+        started), per session and per owner (see ``AudioMeter``), and any one message
+        longer than the burst. Audio the server reads late (it was stalled, or its
+        pipeline held the host's socket back) counts when the host sent it, not when
+        it was read. The meter outlives a connection: a host that reconnects, or a solo
+        client that starts a new session, finds it as it left it."""
         slack, burst = self.config.audio_rate_slack, self.config.audio_burst_s
         if not slack:
             return
@@ -288,7 +298,8 @@ class Guard:
                 "a host may send at once; send audio in real time, in small pieces",
             )
         owner = self._owners.get(session, f"session {session.id}")
-        wait = self.audio.take(owner, session.ended, seconds, trio.current_time())
+        now = trio.current_time()
+        wait = self.audio.take(owner, session.ended, seconds, now, began=began)
         if wait is not None:
             raise self.refuse(
                 "audio_rate",
@@ -297,6 +308,43 @@ class Guard:
                 f"{burst:g} s burst); reconnect and send in real time",
                 retry_after_s=wait,
             )
+
+    def message_meter(self) -> MessageMeter | None:
+        """A new connection's meter of messages other than audio (``control_rate``
+        a second after a burst of ``control_burst``), or None when there is no limit.
+        Check each message with ``meter_message``."""
+        rate, burst = self.config.control_rate, self.config.control_burst
+        if not rate or burst <= 0:
+            return None
+        return MessageMeter(rate=rate, burst=burst, now=trio.current_time())
+
+    def meter_message(self, meter: MessageMeter | None) -> dict[str, Any] | None:
+        """None when the connection may send this message; else the recoverable
+        ``error`` (429, with ``retryAfter``) to answer it with instead, counted. Raises
+        ``Refusal`` (429; close 1008) when ``control_burst`` messages in a row were
+        refused: the client does not slow down when told."""
+        if meter is None:
+            return None
+        now = trio.current_time()
+        verdict = meter.take(now)
+        if verdict == MessageMeter.ADMIT:
+            return None
+        rate, burst = self.config.control_rate, self.config.control_burst
+        if verdict == MessageMeter.CLOSE:
+            raise self.refuse(
+                "control_rate",
+                TOO_MANY,
+                f"{burst} messages refused in a row for coming too fast; closing",
+                retry_after_s=meter.retry_after(now),
+            )
+        self.count("control_rate")
+        error = wire_error(
+            f"too many messages (at most {rate:g} a second after {burst} at once); "
+            "this one was ignored",
+            TOO_MANY,
+        )
+        error["retryAfter"] = max(1, math.ceil(meter.retry_after(now)))
+        return error
 
     def connection_slot(self) -> ConnectionSlot:
         return ConnectionSlot(self)

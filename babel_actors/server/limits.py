@@ -13,15 +13,14 @@ from typing import Protocol
 
 
 class TokenBucket:
-    """Seconds of audio a host may still send ahead of real time.
+    """What a client may still do at once: ``burst`` tokens, refilled at ``rate`` per
+    second of ``now``, never past ``burst``.
 
-    It starts full at ``burst`` and refills at ``rate`` per second of ``now``, never past
-    ``burst`` (both times ``share`` when several sessions share it, see ``AudioMeter``).
-    A message is admitted while the bucket is not in debt, and its cost is taken in
-    full, so a message is never cut, and the host then waits off the debt before the
-    next one is admitted: the cost of a message throttles the ones after it, as in
-    Guava's ``RateLimiter``. Over any stretch of ``t`` seconds a host gets at most
-    ``burst + rate * t`` seconds of audio plus one message.
+    A cost is admitted while the bucket is not in debt, and taken in full, so a
+    message is never cut, and the client then waits off the debt before the next one
+    is admitted: the cost of a message throttles the ones after it, as in Guava's
+    ``RateLimiter``. Over any stretch of ``t`` seconds a client gets at most
+    ``burst + rate * t`` plus one message's cost.
     """
 
     def __init__(self, *, rate: float, burst: float, now: float) -> None:
@@ -30,11 +29,11 @@ class TokenBucket:
         self.tokens = burst
         self._updated = now
 
-    def refill(self, now: float, share: int = 1) -> float:
+    def refill(self, now: float) -> float:
         """Add what ``now`` brings; the tokens held (negative: the debt)."""
         elapsed = max(0.0, now - self._updated)
-        self.tokens = min(self.burst * share, self.tokens + elapsed * self.rate * share)
-        self._updated = now
+        self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
+        self._updated = max(self._updated, now)
         return self.tokens
 
     def take(self, cost: float, now: float) -> bool:
@@ -46,19 +45,30 @@ class TokenBucket:
 
 
 class AudioMeter:
-    """``TokenBucket``s for audio: one per session, and one per owner (an API key,
-    or a client's address) shared by the owner's sessions.
+    """Seconds of audio each session's host, and each owner (an API key, or a
+    client's address), may still send, on the host's own timeline.
 
-    A message is admitted when neither its session's bucket nor its owner's is in
-    debt, and is then taken from both. The session's bucket holds one host to
-    ``rate`` (and survives the host's reconnects); the owner's refills at ``rate``
-    and holds ``burst`` per live session of the owner that has sent audio, so an
-    owner streaming several sessions in real time is never refused, while one that
-    ends a session and starts another (a solo client reconnecting) finds the owner's
-    bucket as it left it, not a fresh burst.
-    Memory: an owner is kept while it has a live session or its bucket is not full
-    again; the table is swept of the others whenever it has doubled since the last
-    sweep, so it stays about as big as the sessions sending audio.
+    A session's stream begins with the host connection that first sends audio
+    (``began``, its start): from then on the session may have sent at most ``burst``
+    plus ``rate`` times the wall time elapsed. That allowance is not capped, so audio
+    a host sent in real time while the server was not reading it (a stall on our side,
+    a pipeline that held back the host's socket) arrives as one burst and is still
+    within it, while a host faster than ``rate`` times real time runs into debt however
+    the server reads it. The cost: a host that was silent may catch up its silence.
+    An owner starts with one ``burst`` and earns ``rate`` a second for each of its
+    live sessions' streams, from each one's start: its sessions share what they earn
+    (an owner streaming several sessions in real time is never refused), and a new
+    session earns from its own start, so an owner that ends a session and starts
+    another (a solo client reconnecting) finds its budget as it left it, not a fresh
+    burst. Once none of its sessions is live, it keeps at most one ``burst`` and
+    earns ``rate`` a second up to it again.
+
+    A message is admitted while neither its session nor its owner is in debt, and is
+    then taken in full from both: a message is never cut, and its cost throttles the
+    ones after it (as in Guava's ``RateLimiter``).
+    Memory: an owner is kept while it has a live session or holds less than a burst;
+    the table is swept of the others whenever it has doubled since the last sweep, so
+    it stays about as big as the sessions sending audio.
     """
 
     def __init__(self, *, rate: float, burst: float) -> None:
@@ -70,41 +80,100 @@ class AudioMeter:
     def __len__(self) -> int:
         return len(self._owners)
 
-    def take(self, owner: str, session: Ended, cost: float, now: float) -> float | None:
+    def take(
+        self, owner: str, session: Ended, cost: float, now: float, *, began: float | None = None
+    ) -> float | None:
         """Admit ``cost`` seconds of ``owner``'s ``session`` (None), or refuse it and
-        take nothing: the seconds until a message can be admitted again."""
+        take nothing: the seconds until a message can be admitted again. ``began``:
+        when the session's host connection started (default ``now``); the session's
+        stream began with the first one."""
         entry = self._owners.get(owner)
         if entry is None:
             if len(self._owners) >= self._sweep_at:
                 self._sweep(now)
-            entry = self._owners[owner] = _Owner(
-                TokenBucket(rate=self.rate, burst=self.burst, now=now)
-            )
-        for ended in [s for s in entry.sessions if s.is_set() and s is not session]:
-            del entry.sessions[ended]
-        own = entry.sessions.setdefault(
-            session, TokenBucket(rate=self.rate, burst=self.burst, now=now)
-        )
-        share = len(entry.sessions)
-        own_tokens, shared_tokens = own.refill(now), entry.shared.refill(now, share)
-        if own_tokens <= 0 or shared_tokens <= 0:
-            return max(-own_tokens / self.rate, -shared_tokens / (self.rate * share))
-        own.tokens -= cost
-        entry.shared.tokens -= cost
+            entry = self._owners[owner] = _Owner(self.burst, now)
+        entry.earn(now, self.rate, self.burst)
+        stream = entry.streams.get(session)
+        if stream is None:
+            start = now if began is None else min(began, now)
+            stream = entry.streams[session] = _Stream(start)
+            entry.credit += self.rate * (now - start)  # what it earned before its first audio
+        own = self.burst + self.rate * (now - stream.start) - stream.sent
+        if own <= 0 or entry.credit <= 0:
+            return max(-own / self.rate, -entry.credit / (self.rate * len(entry.streams)))
+        stream.sent += cost
+        entry.credit -= cost
         return None
 
     def _sweep(self, now: float) -> None:
         for owner, entry in list(self._owners.items()):
-            live = any(not s.is_set() for s in entry.sessions)
-            if not live and entry.shared.refill(now) >= self.burst:
+            entry.earn(now, self.rate, self.burst)
+            if not entry.streams and entry.credit >= self.burst:
                 del self._owners[owner]
         self._sweep_at = max(64, 2 * len(self._owners))
 
 
+class _Stream:
+    """One session's audio: when its stream began, and the seconds it has sent."""
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.sent = 0.0
+
+
 class _Owner:
-    def __init__(self, shared: TokenBucket) -> None:
-        self.shared = shared
-        self.sessions: dict[Ended, TokenBucket] = {}
+    """An owner's credit: seconds of audio it may still send (negative: its debt)."""
+
+    def __init__(self, burst: float, now: float) -> None:
+        self.credit = burst
+        self.updated = now
+        self.streams: dict[Ended, _Stream] = {}
+
+    def earn(self, now: float, rate: float, burst: float) -> None:
+        """Add ``rate`` a second for each live stream since the last update; forget
+        ended streams, which earn no more. With none left, keep at most a burst,
+        earning ``rate`` a second up to it."""
+        for ended in [s for s in self.streams if s.is_set()]:
+            del self.streams[ended]
+        elapsed = max(0.0, now - self.updated)
+        if self.streams:
+            self.credit += rate * len(self.streams) * elapsed
+        else:
+            self.credit = min(burst, self.credit + rate * elapsed)
+        self.updated = max(self.updated, now)
+
+
+class MessageMeter:
+    """Messages one connection may send that are not audio: a ``TokenBucket`` of
+    ``burst`` messages refilled at ``rate`` a second, and the patience for a client
+    that goes on sending while refused.
+
+    ``take`` answers ``ADMIT``, ``REFUSE`` (the message is dropped and the client
+    told), or ``CLOSE`` once ``burst`` messages in a row were refused: a client that
+    does not slow down when told is not served further.
+    """
+
+    ADMIT = "admit"
+    REFUSE = "refuse"
+    CLOSE = "close"
+
+    def __init__(self, *, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._bucket = TokenBucket(rate=rate, burst=float(burst), now=now)
+        self.refused = 0
+        """Messages refused since the last one admitted."""
+
+    def take(self, now: float) -> str:
+        if self._bucket.take(1.0, now):
+            self.refused = 0
+            return self.ADMIT
+        self.refused += 1
+        return self.CLOSE if self.refused >= self.burst else self.REFUSE
+
+    def retry_after(self, now: float) -> float:
+        """Seconds until a message can be admitted again."""
+        return max(0.0, -self._bucket.refill(now)) / self.rate
 
 
 class FailureWindow:

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Mapping
 
 import attrs
+import trio
 
 from babel_actors.audience import Role
 from babel_actors.clock import now_ms
@@ -169,18 +170,24 @@ def _ready(peer: WebSocketPeer, session: LiveSession) -> dict[str, object]:
 
 async def _host_loop(peer: WebSocketPeer, session: LiveSession, guard: Guard) -> None:
     """Read a host's (or solo user's) messages: audio in, settings, pings. Raises
-    ``Refusal`` for audio faster than the host may send it."""
+    ``Refusal`` for audio faster than the host may send it, or for messages that keep
+    coming too fast. Once the session is ending (its host ended it, its lifetime is
+    over, a shutdown), what the host still sends until it reads the close has nowhere
+    to go: it is dropped, as an expected end, and only pings are answered."""
     config = session.config
-    async for message in _parsed(peer, config.max_sample_rate):
-        if isinstance(message, Audio):
-            guard.meter_audio(session, len(message.pcm))
+    began = trio.current_time()  # the host's timeline for the audio meter
+    async for message in _parsed(peer, config.max_sample_rate, guard):
+        if isinstance(message, Ping):
+            _pong(peer, message)
+        elif session.ending:
+            continue
+        elif isinstance(message, Audio):
+            guard.meter_audio(session, len(message.pcm), began=began)
             await session.feed(message.pcm)
         elif isinstance(message, Init):
             await _apply_init(peer, session, message)
         elif isinstance(message, AudioEnd):
             await session.end_of_speech()
-        elif isinstance(message, Ping):
-            _pong(peer, message)
         elif isinstance(message, ChangeLanguage) and peer.role is Role.SOLO:
             _change_language(peer, session, message.target_lang)
         else:
@@ -231,13 +238,14 @@ async def _serve_listener(
         peer.fail("lastSeq must be an integer of -1 or more", POLICY)
         return
     with guard.listener_slot(session):
-        await _listen(peer, session, target, resume)
+        await _listen(peer, session, target, resume, guard)
 
 
 async def _listen(
-    peer: WebSocketPeer, session: LiveSession, target: str, resume: int | None
+    peer: WebSocketPeer, session: LiveSession, target: str, resume: int | None, guard: Guard
 ) -> None:
-    """A listener's life: joined, caught up, then its messages until it leaves."""
+    """A listener's life: joined, caught up, then its messages until it leaves. Raises
+    ``Refusal`` for messages that keep coming too fast."""
     peer.role = Role.LISTENER
     peer.target_lang = target
     joined: dict[str, object] = {
@@ -249,12 +257,20 @@ async def _listen(
         "sourceLang": session.source_lang,
         "message": f"Joined session {session.code}",
     }
-    if resume is not None:
-        joined["resumedFrom"] = resume
-    peer.send(joined)
-    await session.add_member(peer, last_seq=resume)
+    if resume is None:
+        peer.send(joined)
+        await session.add_member(peer)
+    else:
+        # resumedFrom is known only once the catch-up has read the history, in the
+        # same step as the replay that follows it (finals may age out meanwhile), so
+        # a resume is greeted then: nothing comes between the two.
+        def greet(resumed_from: int | None) -> None:
+            joined["resumedFrom"] = resume if resumed_from is None else resumed_from
+            peer.send(joined)
+
+        await session.add_member(peer, last_seq=resume, greet=greet)
     try:
-        async for message in _parsed(peer, session.config.max_sample_rate):
+        async for message in _parsed(peer, session.config.max_sample_rate, guard):
             if isinstance(message, ChangeLanguage):
                 _change_language(peer, session, message.target_lang)
             elif isinstance(message, Ping):
@@ -285,11 +301,21 @@ def _change_language(peer: WebSocketPeer, session: LiveSession, language: str) -
     peer.send({"type": "language_changed", "targetLang": language})
 
 
-async def _parsed(peer: WebSocketPeer, max_sample_rate: int):  # type: ignore[no-untyped-def]
+async def _parsed(peer: WebSocketPeer, max_sample_rate: int, guard: Guard):  # type: ignore[no-untyped-def]
     """The peer's messages, parsed; a malformed one is answered with ``error`` (400)
     and skipped. Framing errors and oversize messages close the connection. Each is
     counted once parsed: binary frames and ``audio`` as audio, the rest (malformed
-    ones included) as control."""
+    ones included) as control.
+
+    Every message but the audio of a host or solo user (metered as audio, see
+    ``Guard.meter_audio``) is metered per connection (``Guard.meter_message``): past
+    ``control_rate`` it is answered with ``error`` (429) instead and skipped, and a
+    client that goes on regardless is refused (``Refusal``, close 1008). So a flood
+    of ``change_language``, ``ping`` or garbage costs the server a bounded amount of
+    work, and the session's other members (the host's ``session_stats``) nothing.
+    """
+    meter = guard.message_meter()
+    sends_audio = peer.role in (Role.HOST, Role.SOLO)
     async for raw in peer.messages():
         try:
             message: ClientMessage
@@ -299,9 +325,19 @@ async def _parsed(peer: WebSocketPeer, max_sample_rate: int):  # type: ignore[no
                 message = parse_text(raw, max_sample_rate=max_sample_rate)
         except ProtocolError as exc:
             peer.count_in(audio=isinstance(raw, bytes))
-            peer.error(exc.message)
+            refused = guard.meter_message(meter)
+            if refused is None:
+                peer.error(exc.message)
+            else:
+                peer.send(refused)
             continue
-        peer.count_in(audio=isinstance(message, Audio))
+        audio = isinstance(message, Audio)
+        peer.count_in(audio=audio)
+        if not (audio and sends_audio):
+            refused = guard.meter_message(meter)
+            if refused is not None:
+                peer.send(refused)
+                continue
         yield message
 
 
