@@ -9,6 +9,7 @@ in order, translated.
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -160,13 +161,21 @@ async def closed_with(client: ProtocolClient, code: int) -> dict[str, Any]:
     raise AssertionError(f"expected a close with {code}, got {message}")
 
 
-def masked_frame(opcode: int, payload: bytes) -> bytes:
-    """A final client frame (masked, as clients must), built by hand to carry what
-    wsproto would refuse to send."""
+def masked_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
+    """A client frame (masked, as clients must), built by hand to carry what wsproto
+    would refuse to send; ``fin`` False for a fragment that more will follow."""
     mask = b"\x5a\xa5\x0f\xf0"
-    assert len(payload) < 126
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
+    size = len(payload)
+    first = (0x80 if fin else 0) | opcode
+    if size < 126:
+        head = struct.pack("!BB", first, 0x80 | size)
+    elif size < 1 << 16:
+        head = struct.pack("!BBH", first, 0x80 | 126, size)
+    else:
+        head = struct.pack("!BBQ", first, 0x80 | 127, size)
+    pad = (mask * (size // 4 + 1))[:size]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(pad, "big")).to_bytes(size, "big")
+    return head + mask + masked
 
 
 async def raw_websocket(

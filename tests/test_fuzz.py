@@ -69,10 +69,12 @@ from protocol_schemas import (
     validate_http,
     validate_server_message,
 )
+from raw_http import exchange
 from schemathesis import GenerationMode
 from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from babel_actors.config import Config
 from babel_actors.server.app import Server
 from babel_actors.testing import ProtocolClient, running_server
 
@@ -1184,6 +1186,17 @@ def rule_breakers(limit: int) -> list[Ending]:
             )
             for op in (OP_TEXT, OP_BINARY)
         ),
+        *(
+            Ending(
+                "more frames than max_message_fragments",
+                (
+                    Frame(op, b"", fin=False),
+                    *(Frame(OP_CONTINUATION, b"", fin=False),) * Config().max_message_fragments,
+                ),
+                1009,
+            )
+            for op in (OP_TEXT, OP_BINARY)
+        ),
     ]
 
 
@@ -1429,3 +1442,325 @@ async def test_methods_a_path_lacks_get_405_with_allow() -> None:
                         f"{method} {path}: Allow: {response.headers.get('allow')}"
                     )
             await target.example_done()
+
+
+# === Pipelined HTTP (issue 15) ===========================================================
+#
+# A batch of requests, valid and invalid, in one write (or cut into a few), on one
+# connection, then the client says no more (half-close). RFC 9112 and the contract: the
+# server answers each complete request in order, one answer each, until an answer that
+# closes the connection: a framing error (400), a body over the limit (413), or a
+# request that asks to close (``Connection: close``, HTTP/1.0). Nothing after it is
+# answered, so nothing is smuggled; then the server closes, cleanly (no reset), and an
+# incomplete request at the end gets no answer.
+
+PIPELINED_EXAMPLES = 100
+
+
+@dataclass(frozen=True)
+class Piped:
+    """One request of a batch and its defined answer: ``status``, whether the answer
+    closes the connection, and whether it has a body (not for HEAD)."""
+
+    name: str
+    wire: bytes
+    status: int
+    closes: bool = False
+    head: bool = False
+
+    def __repr__(self) -> str:
+        return f"Piped({self.name})"
+
+
+def _request(head: str, body: bytes = b"") -> bytes:
+    return head.replace("\n", "\r\n").encode() + b"\r\n" + body
+
+
+PIPED_VALID = (
+    Piped("GET /health", _request("GET /health HTTP/1.1\nHost: x\n"), 200),
+    Piped("HEAD /health", _request("HEAD /health HTTP/1.1\nHost: x\n"), 200, head=True),
+    Piped("GET /metrics", _request("GET /metrics HTTP/1.1\nHost: x\n"), 200),
+    Piped("unknown path", _request("GET /nowhere?token=1 HTTP/1.1\nHost: x\n"), 404),
+    Piped("wrong method", _request("DELETE /health HTTP/1.1\nHost: x\n"), 405),
+    Piped("OPTIONS", _request("OPTIONS /session/start HTTP/1.1\nHost: x\n"), 204),
+    Piped("plain GET of /translate", _request("GET /translate HTTP/1.1\nHost: x\n"), 426),
+    Piped(
+        "join without a code",
+        _request("POST /session/join HTTP/1.1\nHost: x\nContent-Length: 2\n", b"{}"),
+        400,
+    ),
+    Piped(
+        "join, not JSON",
+        _request("POST /session/join HTTP/1.1\nHost: x\nContent-Length: 1\n", b"{"),
+        400,
+    ),
+    Piped(
+        "chunked join",
+        _request(
+            "POST /session/join HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n",
+            b"2\r\n{}\r\n0\r\n\r\n",
+        ),
+        400,
+    ),
+)
+PIPED_CLOSING = (
+    Piped(
+        "Connection: close",
+        _request("GET /health HTTP/1.1\nHost: x\nConnection: close\n"),
+        200,
+        closes=True,
+    ),
+    Piped("HTTP/1.0", _request("GET /health HTTP/1.0\nHost: x\n"), 200, closes=True),
+    Piped(
+        "body over the limit",
+        _request("POST /session/join HTTP/1.1\nHost: x\nContent-Length: 9000\n", bytes(9000)),
+        413,
+        closes=True,
+    ),
+    *(
+        Piped(name, wire, 400, closes=True)
+        for name, wire in (
+            (
+                "CL and TE",
+                _request(
+                    "POST /session/join HTTP/1.1\nHost: x\nContent-Length: 5\n"
+                    "Transfer-Encoding: chunked\n",
+                    b"0\r\n\r\n",
+                ),
+            ),
+            (
+                "TE gzip",
+                _request("POST /session/join HTTP/1.1\nHost: x\nTransfer-Encoding: gzip\n"),
+            ),
+            (
+                "two lengths",
+                _request(
+                    "POST /session/join HTTP/1.1\nHost: x\nContent-Length: 2\nContent-Length: 3\n",
+                    b"{}",
+                ),
+            ),
+            ("space before colon", _request("GET /health HTTP/1.1\nHost: x\nX-A : 1\n")),
+            (
+                "bad chunk",
+                _request(
+                    "POST /session/join HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n", b"z\r\n"
+                ),
+            ),
+            ("not HTTP", b"\x16\x03\x01\x00\x05hello\r\n\r\n"),
+            (
+                "bad upgrade",
+                _request(
+                    "GET /translate HTTP/1.1\nHost: x\nUpgrade: websocket\nConnection: Upgrade\n"
+                ),
+            ),
+        )
+    ),
+)
+INCOMPLETE = b"GET /health HTTP/1.1\r\nHost: x\r\n"
+"""A request cut short at the end of a batch: it gets no answer."""
+
+
+@dataclass(frozen=True)
+class PipelinedBatch:
+    requests: tuple[Piped, ...]
+    incomplete: bool
+    """Whether an unfinished request ends the batch."""
+    cuts: tuple[int, ...]
+    """Where the batch is cut into separate writes (empty: one write)."""
+
+
+pipelined_batches = st.builds(
+    PipelinedBatch,
+    st.lists(
+        st.sampled_from(PIPED_VALID) | st.sampled_from(PIPED_CLOSING), min_size=1, max_size=12
+    ).map(tuple),
+    st.booleans(),
+    st.lists(st.integers(1, 4000), max_size=3).map(lambda cuts: tuple(sorted(cuts))),
+)
+
+
+def answered(batch: PipelinedBatch) -> list[Piped]:
+    """The requests the contract says are answered: up to the first whose answer
+    closes the connection."""
+    expected = []
+    for request in batch.requests:
+        expected.append(request)
+        if request.closes:
+            break
+    return expected
+
+
+async def pipelined_example(target: Target, batch: PipelinedBatch) -> None:
+    wire = b"".join(request.wire for request in batch.requests)
+    wire += INCOMPLETE if batch.incomplete else b""
+    expected = answered(batch)
+    head = [request.head for request in expected]
+    answers, clean = await exchange(target.server.port, wire, head, cuts=batch.cuts)
+    got = [answer.status for answer in answers]
+    assert got == [request.status for request in expected], (
+        f"sent {list(batch.requests)}; answers {got}"
+    )
+    assert clean, "the server reset the connection"
+    for request, answer in zip(expected, answers, strict=True):
+        if request.closes:
+            assert answer.closes, f"{request}: no Connection: close"
+        if answer.status >= 400:
+            body = json.loads(answer.body)
+            assert body["success"] is False and isinstance(body["error"], str), body
+
+
+async def test_pipelined_http_is_answered_in_order_until_the_first_close() -> None:
+    async with fuzzing() as target:
+        fuzz = target.run_examples(
+            pipelined_batches,
+            lambda drawn: pipelined_example(target, drawn),
+            examples=PIPELINED_EXAMPLES,
+            explicit=tuple(
+                PipelinedBatch((*PIPED_VALID, closing, *PIPED_VALID), incomplete, ())
+                for closing in PIPED_CLOSING
+                for incomplete in (False, True)
+            ),
+        )
+        await trio.to_thread.run_sync(fuzz)
+
+
+# === Control-message floods (issue 15) =================================================
+#
+# Every message a connection sends but a host's (or solo user's) audio counts against
+# its control budget (protocols/README.md, Access and limits): past the burst each is
+# answered with a recoverable ``error`` 429 and ignored, and a client that keeps on
+# sending when refused (a burst's worth in a row) is closed 1008 (``status`` 429). A
+# flood throws messages that each get exactly one reply, far past the burst and without
+# reading, then reads: every reply is the message's defined answer or that 429 (never
+# within the burst), in order, and a close, if any, comes after a burst of refusals.
+
+FLOOD_EXAMPLES = 25
+"""Floods per role (each up to about three bursts of messages)."""
+
+flood_items: st.SearchStrategy[Item] = st.one_of(
+    protocol_texts,
+    st.builds(_as_text, mutated(), st.booleans()),
+    broken_texts,
+    st.binary(max_size=64).map(Binary),
+)
+
+
+@dataclass(frozen=True)
+class Flood:
+    """``pattern`` repeated to ``length`` messages, on a connection of ``role``."""
+
+    role: str
+    pattern: tuple[Item, ...]
+    length: int
+
+
+@st.composite
+def floods(draw: st.DrawFn, burst: int) -> Flood:
+    return Flood(
+        draw(st.sampled_from(ROLES)),
+        tuple(draw(st.lists(flood_items, min_size=1, max_size=6))),
+        draw(st.integers(burst + 1, 3 * burst + 5)),
+    )
+
+
+def one_reply(peer: Peer, item: Item, target: Target) -> bool:
+    """Whether ``item`` gets exactly one reply on ``peer``'s connection (what it says
+    does not change that: only its kind does)."""
+    answers = expect(replace(peer), item, target.limit, target.langs, target.burst_s)
+    return not any(isinstance(answer, Silent | Closed) for answer in answers)
+
+
+def is_refused(reply: dict[str, Any]) -> bool:
+    return reply["type"] == "error" and reply["code"] == 429 and reply["closing"] is False
+
+
+async def flood_example(target: Target, flood: Flood) -> None:
+    session = None if flood.role == "solo" else await start_session(target.server)
+    if session is None:
+        path, peer = "/translate", Peer("solo", "", None)
+    elif flood.role == "host":
+        path, peer = session["wsUrl"], Peer("host", session["sessionId"], session["sessionCode"])
+    else:
+        path = f"/translate?role=listener&sessionId={session['sessionId']}&targetLang=es"
+        peer = Peer("listener", session["sessionId"], session["sessionCode"], target="es")
+    burst = target.server.config.control_burst
+    try:
+        async with conversation(target, path, peer) as talk:
+            thrown = [
+                item
+                for n in range(flood.length)
+                if one_reply(talk.peer, item := flood.pattern[n % len(flood.pattern)], target)
+            ]
+            try:
+                for item in thrown:
+                    if isinstance(item, Text):
+                        await talk.client.ws.send_message(item.text)
+                    else:
+                        assert isinstance(item, Binary)
+                        await talk.client.ws.send_message(item.data)
+            except trio_websocket.ConnectionClosed:
+                pass
+            replies: list[dict[str, Any]] = []
+            try:
+                while len(replies) < len(thrown) or (replies and replies[-1].get("closing")):
+                    replies.append(await talk.receive())
+            except trio_websocket.ConnectionClosed as closed:
+                talk.closed = closed.reason.code if closed.reason else -1
+            check_flood(talk, thrown, replies, free=burst - 1, burst=burst)
+    finally:
+        if session is not None:
+            await target.end_session(session)
+
+
+def check_flood(
+    talk: Conversation,
+    thrown: list[Item],
+    replies: list[dict[str, Any]],
+    *,
+    free: int,
+    burst: int,
+) -> None:
+    """Each reply answers its message, in order: its defined answer (the peer's state
+    then moves on as the contract says) or a 429, never among the first ``free`` (the
+    burst, less what the greeting took); a close 1008 only after a burst of refusals in
+    a row, as the last reply."""
+    target = talk.target
+    peer = talk.peer
+    for index, (item, reply) in enumerate(zip(thrown, replies, strict=False)):
+        if reply.get("closing") is True:
+            assert index == len(replies) - 1, f"replies after the close: {replies[index:]}"
+            assert reply["code"] == 1008 and reply["status"] == 429, reply
+            assert talk.closed == 1008, f"closed with {talk.closed} after {reply}"
+            assert all(is_refused(r) for r in replies[index - burst + 1 : index]), (
+                f"closed at {index} without a burst of refusals before it"
+            )
+            return
+        if is_refused(reply):
+            assert index >= free, f"message {index} is within the burst: {item!r} got {reply}"
+            assert reply.get("retryAfter", 0) >= 1, reply
+            continue
+        trial = replace(peer)
+        answers = expect(trial, item, target.limit, target.langs, target.burst_s)
+        assert any(matches(answer, trial, [reply], None) for answer in answers), (
+            f"{peer.role} message {index} {item!r}\n  expected one of {answers}\n  got {reply}"
+        )
+        peer = trial
+    assert talk.closed is None and len(replies) == len(thrown), (
+        f"{len(replies)} replies to {len(thrown)} messages, close {talk.closed}"
+    )
+
+
+async def test_control_floods_are_refused_past_the_burst_and_closed_when_they_persist() -> None:
+    async with fuzzing() as target:
+        burst = target.server.config.control_burst
+        fuzz = target.run_examples(
+            floods(burst),
+            lambda drawn: flood_example(target, drawn),
+            examples=FLOOD_EXAMPLES,
+            explicit=(
+                Flood("listener", (TO_FRENCH,), 3 * burst),
+                Flood("host", (BARE_PING, Binary(b"\x01")), 3 * burst),
+                Flood("solo", (_text({"type": "init", "targetLang": "es"}),), 2 * burst),
+            ),
+        )
+        await trio.to_thread.run_sync(fuzz)

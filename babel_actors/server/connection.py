@@ -30,11 +30,15 @@ class Connection:
     written as ``droppable`` (partials) coalesce: a newer one replaces any older one
     not yet started, and is counted in ``coalesced`` (the connection's own tally until
     its owner hands it the server's, when the peer joins a session). When the backlog
-    would pass ``backlog_limit`` bytes, the connection is marked ``overflowed`` and
-    ``on_overflow`` is called once: the owner decides what to tell the peer.
+    would pass ``backlog_limit`` bytes and the owner has set ``on_overflow``, the
+    connection is marked ``overflowed`` and ``on_overflow`` is called once: the owner
+    decides what to tell the peer (``write_urgent``); every later ``write`` is dropped,
+    so the backlog stays bounded however long the peer takes to go. (HTTP sets none:
+    it writes one answer at a time and waits for it to be taken.)
     Cancellation: ``drain`` and ``receive`` are plain trio waits on the socket.
     Error handling: a peer that vanished marks the connection ``broken``; writes to it
     are dropped silently and ``receive`` returns ``b""``.
+    Closing: ``shut`` closes without losing what the peer has yet to read (see there).
     """
 
     def __init__(self, sock: socket.socket, *, backlog_limit: int) -> None:
@@ -45,6 +49,8 @@ class Connection:
         self.backlog: deque[tuple[memoryview, bool]] = deque()
         self.backlog_bytes = 0
         self.broken = False
+        self.eof = False
+        """The peer has closed its side: ``receive`` returned ``b""``."""
         self.overflowed = False
         self.closed = False
         self.coalesced = Tally()
@@ -55,7 +61,15 @@ class Connection:
         self.on_overflow: Callable[[], None] | None = None
 
     def write(self, data: bytes, *, droppable: bool = False) -> None:
-        """Send ``data`` now, or queue it; never blocks, never raises."""
+        """Send ``data`` now, or queue it; never blocks, never raises. Once the
+        connection has overflowed, drops ``data``: the peer is being closed, and what
+        it goes on asking for (pongs, answers) must not grow the backlog past the
+        limit."""
+        if self.overflowed:
+            return
+        self._write(data, droppable)
+
+    def _write(self, data: bytes, droppable: bool = False) -> None:
         if self.broken or self.closed:
             return
         if not self.backlog:
@@ -92,7 +106,7 @@ class Connection:
             else:
                 self._emptied.set()
         limit, self.backlog_limit = self.backlog_limit, 1 << 62
-        self.write(data)
+        self._write(data)
         self.backlog_limit = limit
 
     async def drain(self) -> None:
@@ -104,11 +118,39 @@ class Connection:
                 self._send_backlog()
             self._has_backlog = trio.Event()
 
+    async def sent(self) -> None:
+        """Wait until the kernel has taken the whole backlog (or the peer is gone)."""
+        await self._emptied.wait()
+
     async def flushed(self, timeout_s: float) -> None:
         """Wait until ``drain`` has sent the backlog (or the peer is gone), at most
         ``timeout_s``."""
         with trio.move_on_after(timeout_s):
             await self._emptied.wait()
+
+    async def shut(self, timeout_s: float) -> None:
+        """Close cleanly within ``timeout_s``: send the backlog, end our side (FIN),
+        then read and drop what the peer still sends until it closes its side too;
+        then close, however that went.
+
+        Closing a socket that holds unread data resets the connection, and a reset
+        destroys what the peer has not read yet: the answer to a bad request, an
+        ``error`` and a close frame to a host still streaming. Reading on costs
+        nothing kept: each read is dropped.
+        """
+        try:
+            with trio.move_on_after(timeout_s):
+                await self._emptied.wait()
+                if self.broken or self.closed or self.eof:
+                    return
+                try:
+                    self.sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    return
+                while await self.receive():
+                    pass
+        finally:
+            self.close()
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         """The next bytes from the peer; ``b""`` at end of stream or on error."""
@@ -121,6 +163,8 @@ class Connection:
             except OSError:
                 self._break()
                 return b""
+            if not data:
+                self.eof = True
             await trio.lowlevel.checkpoint()
             return data
         return b""
@@ -141,10 +185,13 @@ class Connection:
         self._has_backlog.set()
         if self._emptied.is_set():
             self._emptied = trio.Event()
-        if self.backlog_bytes > self.backlog_limit and not self.overflowed:
+        if (
+            self.backlog_bytes > self.backlog_limit
+            and not self.overflowed
+            and self.on_overflow is not None
+        ):
             self.overflowed = True
-            if self.on_overflow is not None:
-                self.on_overflow()
+            self.on_overflow()
 
     def _drop_queued_partials(self) -> None:
         start = 1 if self._head_started else 0

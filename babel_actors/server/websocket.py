@@ -36,6 +36,9 @@ from babel_actors.wire.server import close_frame, error_message, message_frame
 log = logging.getLogger(__name__)
 
 _GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+FRAME_COST = 6
+"""Bytes each frame of a message counts against ``max_message_bytes`` besides its
+payload: the smallest header a client frame has (2 bytes and a 4-byte mask)."""
 
 
 def accept_key(key: str) -> str:
@@ -78,13 +81,17 @@ class WebSocketPeer:
     def send_notice(self, message: dict[str, Any], frame: bytes) -> None:
         self.conn.write(frame)
 
-    def close(self, code: int, reason: str) -> None:
+    def close(self, code: int, reason: str, *, last_words: bytes = b"") -> None:
+        """Send ``last_words`` (a closing ``error``) and the close frame: after what is
+        queued for a normal close, ahead of it (dropping it) for any other."""
         if self.close_code is not None:
             return
         self.close_code = code
-        self.conn.write_urgent(close_frame(code, reason)) if code != NORMAL else self.conn.write(
-            close_frame(code, reason)
-        )
+        frames = last_words + close_frame(code, reason)
+        if code == NORMAL:
+            self.conn.write(frames)
+        else:
+            self.conn.write_urgent(frames)
         self.read_scope.deadline = min(
             self.read_scope.deadline, trio.current_time() + self.config.close_timeout_s
         )
@@ -109,8 +116,8 @@ class WebSocketPeer:
     def fail(self, text: str, code: int) -> None:
         """Tell the client why, then close with ``code``."""
         if self.close_code is None:
-            self.send(error_message(text, code, closing=True))
-        self.close(code, text[:100])
+            last_words = message_frame(error_message(text, code, closing=True))
+            self.close(code, text[:100], last_words=last_words)
 
     def _too_slow(self) -> None:
         if self._counters is not None:
@@ -120,36 +127,49 @@ class WebSocketPeer:
             TRY_AGAIN_LATER,
             closing=True,
         )
-        self.conn.write_urgent(message_frame(message))
-        self.close(TRY_AGAIN_LATER, "too slow")
+        self.close(TRY_AGAIN_LATER, "too slow", last_words=message_frame(message))
 
     # --- receiving -------------------------------------------------------------
 
     async def messages(self) -> AsyncIterator[str | bytes]:
         """Complete text and binary messages, until the peer closes or is closed.
 
-        Raises ``ProtocolError`` with close code 1009 for a message over the limit,
-        1007 for bad UTF-8 and 1002 for broken framing; answers pings and close frames
-        itself.
+        Raises ``ProtocolError`` with close code 1009 for a message over the limit
+        (``max_message_bytes``, frames counted) or in too many frames, 1007 for bad
+        UTF-8 and 1002 for broken framing; answers pings and close frames itself,
+        until it has begun to close (pings then go unanswered).
         """
         parts: list[str | bytes] = []
-        size = 0
+        size = frames = 0
         limit = self.config.max_message_bytes
+        most_frames = self.config.max_message_fragments
         while True:
             for event in self._events():
                 if isinstance(event, ws_events.Message):
                     size += _byte_length(event.data)
-                    if size > limit:
+                    if event.frame_finished:
+                        frames += 1
+                        size += FRAME_COST
+                    if size > limit + FRAME_COST:
                         raise ProtocolError(
                             f"message larger than {limit} bytes", close_code=TOO_BIG
                         )
-                    parts.append(event.data)
+                    if frames > most_frames:
+                        raise ProtocolError(
+                            f"message in more than {most_frames} frames", close_code=TOO_BIG
+                        )
+                    if event.data:
+                        parts.append(event.data)
                     if event.message_finished:
-                        message = "".join(parts) if isinstance(event.data, str) else b"".join(parts)  # type: ignore[arg-type]
-                        parts, size = [], 0
+                        if isinstance(event.data, str):
+                            message: str | bytes = "".join(parts)  # type: ignore[arg-type]
+                        else:
+                            message = b"".join(parts)  # type: ignore[arg-type]
+                        parts, size, frames = [], 0, 0
                         yield message
                 elif isinstance(event, ws_events.Ping):
-                    self.conn.write(self._ws.send(event.response()))
+                    if self.close_code is None:
+                        self.conn.write(self._ws.send(event.response()))
                 elif isinstance(event, ws_events.CloseConnection):
                     if self._ws.state is ConnectionState.OPEN:
                         # wsproto reports data it cannot parse (bad UTF-8, bad framing)
