@@ -6,6 +6,7 @@ import argparse
 import base64
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 from bench.frames import BINARY, client_frame, json_frame
 from bench.load import Collected
 from bench.loadgen import HostPlan
-from bench.server import Server, attach, spawn
+from bench.server import BenchError, Server, attach, spawn
 from bench.timeline import Timeline
 
 SCRIPTED_CLOCK = (
@@ -95,8 +96,10 @@ def server_for(
     stt: str,
     mt: str,
     timeline: Timeline | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Server]:
-    """The server of one run: started here (with the timeline's script) or ``--url``."""
+    """The server of one run: started here (with the timeline's script and ``env``,
+    which ``--server-env`` overrides) or ``--url``."""
     report["params"]["pin"] = bool(args.pin)
     if args.url:
         server = attach(args.url)
@@ -104,7 +107,11 @@ def server_for(
         yield server
         return
     with tempfile.TemporaryDirectory(prefix="babel-bench-") as scratch:
-        env = {**UNLIMITED, **dict(item.split("=", 1) for item in args.server_env)}
+        env = {
+            **UNLIMITED,
+            **(env or {}),
+            **dict(item.split("=", 1) for item in args.server_env),
+        }
         if timeline is not None:
             env["BABEL_SCRIPT_PATH"] = str(timeline.write(Path(scratch) / "script.json"))
         log = Path(scratch) / "server.log"
@@ -141,6 +148,15 @@ def load_cpus(args: argparse.Namespace) -> set[int] | None:
 def _engines(server: Server) -> dict[str, Any]:
     health = server.health()
     return {"stt": health.get("transcriptionProvider"), "mt": health.get("translationProvider")}
+
+
+def wait_for_listeners(server: Server, code: str, count: int, timeout_s: float = 30) -> None:
+    """Return once the server counts ``count`` listeners in session ``code``."""
+    deadline = time.monotonic() + timeout_s
+    while server.listener_count(code) < count:
+        if time.monotonic() > deadline:
+            raise BenchError(f"the server counts {server.listener_count(code)} of {count}")
+        time.sleep(0.2)
 
 
 def audio_frame(pcm: bytes, audio_format: str) -> bytes:

@@ -4,6 +4,8 @@ Scripted STT and echo MT, so the engines cost nothing: what is measured is the s
 ``fanout`` runs once per N (a fresh server each time when the bench starts it) and
 reports delivery latency, losses, CPU and memory per listener; ``overhead`` is the same
 run at 100 listeners, read through the server's own per-stage timings (``GET /stats``).
+``fanout --engines cloud`` runs the production engines against local emulators
+instead: see ``bench/cloud.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from bench.common import (
     scripted_latencies,
     server_for,
     silence_plan,
+    wait_for_listeners,
 )
 from bench.load import Run
 from bench.loadgen import PeerSpec
@@ -37,7 +40,7 @@ from bench.report import (
     targets_text,
     write,
 )
-from bench.server import BenchError, Server
+from bench.server import Server
 from bench.timeline import Timeline, build
 
 ORIGINAL = {100: (8.0, 15.0, None), 1000: (15.0, 33.0, 5.0), 2000: (27.0, 64.0, 9.0)}
@@ -56,9 +59,44 @@ def add_arguments(parser: argparse.ArgumentParser, *, scenario: str) -> None:
         help=f"listener counts, comma-separated: one run each ({default})",
     )
     parser.add_argument("--languages", default="es,fr,de", help="listeners' languages (es,fr,de)")
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of speech (60)")
-    parser.add_argument("--sentence-s", type=float, default=2.0, help="seconds per sentence (2)")
-    parser.add_argument("--partials", type=int, default=3, help="partials per sentence (3)")
+    if scenario == "fanout":
+        parser.add_argument(
+            "--engines",
+            choices=("scripted", "cloud"),
+            default="scripted",
+            help="scripted: scripted STT and echo MT, the server alone (default); cloud: "
+            "--stt google --mt openai against the project's Speech v2 and OpenAI-compatible "
+            "emulators, each final timed from the STT emulator's result (bench/cloud.py)",
+        )
+    if scenario == "fanout":
+        parser.add_argument(
+            "--wpm",
+            type=float,
+            default=150.0,
+            help="cloud only: the host's words per minute (150); the STT emulator gives "
+            "an interim result per word",
+        )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds of speech (60; 40 with --engines cloud)"
+        if scenario == "fanout"
+        else "seconds of speech (60)",
+    )
+    parser.add_argument(
+        "--sentence-s",
+        type=float,
+        default=2.0,
+        help="seconds per sentence (2; scripted only: the cloud path's word-coded "
+        "sentences last ~2.1 s)",
+    )
+    parser.add_argument(
+        "--partials",
+        type=int,
+        default=3,
+        help="partials per sentence (3; scripted only: the STT emulator gives one per word)",
+    )
     parser.add_argument(
         "--settle-s", type=float, default=2.0, help="idle time after joining, before measuring"
     )
@@ -66,6 +104,12 @@ def add_arguments(parser: argparse.ArgumentParser, *, scenario: str) -> None:
 
 
 def run(args: argparse.Namespace, scenario: str) -> dict[str, Any]:
+    if getattr(args, "engines", "scripted") == "cloud":
+        from bench import cloud
+
+        return cloud.run(args)
+    if args.duration is None:
+        args.duration = 60.0
     counts = [int(n) for n in str(args.listeners).split(",") if n.strip()]
     languages = [lang.strip() for lang in args.languages.split(",") if lang.strip()]
     timeline = build(
@@ -130,7 +174,7 @@ def _one(
     try:
         connect = load.connected()
         if len(server.urls) == 1:
-            _wait_for_listeners(server, session["sessionCode"], count)
+            wait_for_listeners(server, session["sessionCode"], count)
         time.sleep(args.settle_s)
         idle = server.usage()
         server.reset_stats()
@@ -175,14 +219,6 @@ def _one(
             "the bench's script (python -m bench script)?"
         )
     return result
-
-
-def _wait_for_listeners(server: Server, code: str, count: int) -> None:
-    deadline = time.monotonic() + 30
-    while server.listener_count(code) < count:
-        if time.monotonic() > deadline:
-            raise BenchError(f"the server counts {server.listener_count(code)} of {count}")
-        time.sleep(0.2)
 
 
 def _server_usage(

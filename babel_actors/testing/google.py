@@ -9,7 +9,11 @@ unstable part), a final with ``result_end_offset`` after a pause, the rest at
 half-close, voice-activity events, ABORTED after the stream's maximum duration. A
 ``StreamPlan`` makes a stream fail, hang or echo each request (for the bench).
 
-Run it alone with ``python -m babel_actors.testing.google [--port N] [--echo]``.
+Run it alone with ``python -m babel_actors.testing.google [--port N] [--echo]``;
+``--words FILE`` gives it a codec's vocabulary (so another process can speak to it) and
+``--results FILE`` makes it append a JSON line per result as it yields it, with
+``time.monotonic()`` (one clock for every process on a Linux machine): the bench times
+each final from there.
 """
 
 from __future__ import annotations
@@ -17,8 +21,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import json
+import os
 import re
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -39,11 +46,22 @@ _SpeechEvent = cloud_speech.StreamingRecognizeResponse.SpeechEventType
 
 
 class WordCodec:
-    """Words as sample values: word number ``n`` is a run of samples equal to ``n``."""
+    """Words as sample values: word number ``n`` is a run of samples equal to ``n``.
 
-    def __init__(self) -> None:
+    Two codecs agree when they were given the same words in the same order:
+    ``WordCodec(other.words)`` decodes what ``other`` speaks.
+    """
+
+    def __init__(self, words: Iterable[str] = ()) -> None:
         self._ids: dict[str, int] = {}
         self._words: list[str] = []
+        for word in words:
+            self.word_id(word)
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        """Every word known so far, in the order of their numbers."""
+        return tuple(self._words)
 
     def word_id(self, word: str) -> int:
         if word not in self._ids:
@@ -201,6 +219,9 @@ class SpeechEmulator:
         self.port = 0
         self.on_change: Callable[[], None] = lambda: None
         """Called on the server's loop whenever a record changes."""
+        self.on_result: Callable[[int, str, bool], None] = lambda stream, text, final: None
+        """Called on the server's loop with (stream index, transcript, is_final) just
+        before each recognition result (not a voice-activity event) is yielded."""
         self._server: grpc.aio.Server | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
@@ -296,9 +317,7 @@ class SpeechEmulator:
                 yield _response(_Heard(str(len(record.request_sizes)), False, 0.0), False)
                 continue
             for heard in recognizer.feed(request.audio):
-                if heard.is_final:
-                    record.finals.append(heard.transcript)
-                yield _response(heard, True)
+                yield self._answer(record, heard)
             self.on_change()
             heard_s = len(record.audio) / 2 / rate
             if plan.fail_after_s is not None and heard_s >= plan.fail_after_s:
@@ -308,9 +327,18 @@ class SpeechEmulator:
                 fail(grpc.StatusCode.ABORTED, MAX_DURATION_MESSAGE)
                 return
         for heard in recognizer.finish():
-            if heard.is_final:
-                record.finals.append(heard.transcript)
-            yield _response(heard, True)
+            yield self._answer(record, heard)
+
+    def _answer(
+        self, record: StreamRecord, heard: _Heard
+    ) -> cloud_speech.StreamingRecognizeResponse:
+        """``heard`` as the response about to be yielded, recorded."""
+        response = _response(heard, True)
+        if heard.is_final:
+            record.finals.append(heard.transcript)
+        if not heard.event:
+            self.on_result(record.index, heard.transcript, heard.is_final)
+        return response
 
 
 def _response(heard: _Heard, split: bool) -> cloud_speech.StreamingRecognizeResponse:
@@ -396,11 +424,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="A local Speech-to-Text v2 emulator.")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--echo", action="store_true", help="answer every audio request")
+    parser.add_argument(
+        "--words", help="the word-coded speech's vocabulary: a file of words, one a line"
+    )
+    parser.add_argument(
+        "--results",
+        help="append a JSON line per result yielded to this file: stream, final, text, "
+        "mono (time.monotonic() just before the yield)",
+    )
     args = parser.parse_args()
+    words: list[str] = []
+    if args.words:
+        with open(args.words, encoding="utf-8") as file:
+            words = [line.rstrip("\n") for line in file if line.rstrip("\n")]
 
     async def serve() -> None:
-        emulator = SpeechEmulator()
+        emulator = SpeechEmulator(WordCodec(words))
         emulator.default_plan = StreamPlan(echo=args.echo)
+        if args.results:
+            emulator.on_result = _result_log(args.results)
         port = await emulator.start(port=args.port)
         print(port, flush=True)
         await asyncio.Event().wait()
@@ -409,6 +451,19 @@ def main() -> None:
         asyncio.run(serve())
     except KeyboardInterrupt:
         pass
+
+
+def _result_log(path: str) -> Callable[[int, str, bool], None]:
+    """An ``on_result`` that appends each result to ``path`` with one unbuffered
+    ``O_APPEND`` write, so a terminated emulator has written every line it timed."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def log(stream: int, text: str, final: bool) -> None:
+        at = time.monotonic()
+        line = {"mono": at, "stream": stream, "final": final, "text": text}
+        os.write(fd, (json.dumps(line) + "\n").encode())
+
+    return log
 
 
 if __name__ == "__main__":

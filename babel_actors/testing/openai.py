@@ -5,12 +5,22 @@ function of the request (by default ``"<target> <text>"`` for the target languag
 system prompt names), and records every request. Queue ``Reply`` values to make the
 next requests fail: a status with headers (429 with ``retry-after``, 500), or a hang
 that never answers.
+
+Run it alone with ``python -m babel_actors.testing.openai [--port N] [--log FILE]``: it
+prints its port and answers every request at once; ``--log`` appends a JSON line per
+answered request with its target language, text, and the ``time.monotonic()`` of its
+arrival and of its answer (one clock for every process on a Linux machine): the bench
+times translations from there.
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
 import json
+import os
 import re
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -45,6 +55,11 @@ class SeenRequest:
     body: dict[str, Any]
     at: float
     """``trio.current_time()`` on arrival."""
+    received: float = 0.0
+    """``time.monotonic()`` when the request's last bytes were read."""
+    answered: float | None = None
+    """``time.monotonic()`` once the answer was handed to the kernel; None until then
+    (or when it never is)."""
 
     @property
     def system(self) -> str:
@@ -54,11 +69,16 @@ class SeenRequest:
     def text(self) -> str:
         return str(self.body["messages"][-1]["content"])
 
+    @property
+    def target(self) -> str:
+        """The target language as the system prompt names it (``Spanish``), or ``?``."""
+        match = _TARGET.search(self.system)
+        return match[1] if match else "?"
+
 
 def tagged_translation(request: SeenRequest) -> str:
     """The default translation: ``"[Spanish] text"``, the language as the prompt says."""
-    match = _TARGET.search(request.system)
-    return f"[{match[1] if match else '?'}] {request.text}"
+    return f"[{request.target}] {request.text}"
 
 
 class FakeOpenAI:
@@ -71,6 +91,8 @@ class FakeOpenAI:
         self.default_reply = Reply()
         """The answer when no scripted one is left (200: a ``translate`` completion)."""
         self.requests: list[SeenRequest] = []
+        self.on_answer: Callable[[SeenRequest], None] = lambda request: None
+        """Called once an answer has been written (``request.answered`` is set)."""
         self.port = 0
         self._changed = trio.Event()
 
@@ -82,8 +104,10 @@ class FakeOpenAI:
         while len(self.requests) < count:
             await self._changed.wait()
 
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async def serve(
+        self, *, port: int = 0, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
             task_status.started()
@@ -109,6 +133,7 @@ class FakeOpenAI:
         self, stream: trio.SocketStream, conn: h11.Connection
     ) -> SeenRequest | None:
         target, headers, body = "", {}, bytearray()
+        received = time.monotonic()
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
@@ -116,6 +141,7 @@ class FakeOpenAI:
                     data = await stream.receive_some(65536)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return None
+                received = time.monotonic()
                 conn.receive_data(data)
             elif isinstance(event, h11.Request):
                 target = event.target.decode()
@@ -123,7 +149,7 @@ class FakeOpenAI:
             elif isinstance(event, h11.Data):
                 body += event.data
             elif isinstance(event, h11.EndOfMessage):
-                seen = SeenRequest(target, headers, json.loads(body), trio.current_time())
+                seen = SeenRequest(target, headers, json.loads(body), trio.current_time(), received)
                 self.requests.append(seen)
                 self._changed.set()
                 self._changed = trio.Event()
@@ -153,14 +179,21 @@ class FakeOpenAI:
             ("content-length", str(len(data))),
             *reply.headers,
         ]
-        try:
-            await stream.send_all(
-                conn.send(h11.Response(status_code=reply.status, headers=headers))
+        # One write for the whole answer, as a server that answers at once would.
+        answer = b"".join(
+            conn.send(event) or b""
+            for event in (
+                h11.Response(status_code=reply.status, headers=headers),
+                h11.Data(data=data),
+                h11.EndOfMessage(),
             )
-            await stream.send_all(conn.send(h11.Data(data=data)))
-            await stream.send_all(conn.send(h11.EndOfMessage()))
+        )
+        try:
+            await stream.send_all(answer)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            return
+        request.answered = time.monotonic()
+        self.on_answer(request)
 
 
 def _completion(request: SeenRequest, content: str) -> dict[str, Any]:
@@ -195,3 +228,48 @@ async def running_openai(fake: FakeOpenAI | None = None) -> AsyncIterator[FakeOp
             yield fake
         finally:
             nursery.cancel_scope.cancel()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="A local OpenAI-compatible server.")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--log",
+        help="append a JSON line per answered request to this file: target, text, "
+        "received and answered (time.monotonic())",
+    )
+    args = parser.parse_args()
+
+    async def serve() -> None:
+        fake = FakeOpenAI()
+        if args.log:
+            fake.on_answer = _answer_log(args.log)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(functools.partial(fake.serve, port=args.port))
+            print(fake.port, flush=True)
+
+    try:
+        trio.run(serve)
+    except KeyboardInterrupt:
+        pass
+
+
+def _answer_log(path: str) -> Callable[[SeenRequest], None]:
+    """An ``on_answer`` that appends each request to ``path`` with one unbuffered
+    ``O_APPEND`` write, so a terminated server has written every line it timed."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def log(request: SeenRequest) -> None:
+        line = {
+            "target": request.target,
+            "text": request.text,
+            "received": request.received,
+            "answered": request.answered,
+        }
+        os.write(fd, (json.dumps(line) + "\n").encode())
+
+    return log
+
+
+if __name__ == "__main__":
+    main()
