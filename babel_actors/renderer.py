@@ -111,6 +111,7 @@ class Renderer:
         self.metrics = metrics
         self.publish = publish
         self._flights: dict[tuple[int, str], _Flight] = {}
+        self._landed = trio.Event()
 
     def admit(self, final: Segment) -> None:
         """``final`` is on its way to the translator: keep it, so joiners see it."""
@@ -131,6 +132,13 @@ class Renderer:
             if flight.result is not None:
                 return flight.result
 
+    async def finals_landed(self) -> None:
+        """Return once no final is being translated: partial lanes wait here before
+        asking the engine, so a final's request never shares the engine, the event
+        loop or the rate limit with partials'."""
+        while self._flights:
+            await self._landed.wait()
+
     async def partial(self, segment: Segment, language: str) -> Rendered:
         """``segment`` (a partial) in ``language``; not kept."""
         caption = await self._translate(segment, language)
@@ -147,6 +155,9 @@ class Renderer:
         finally:
             del self._flights[key]
             flight.done.set()
+            if not self._flights:
+                landed, self._landed = self._landed, trio.Event()
+                landed.set()
         if self.publish is not None and not live and language != segment.source_lang:
             await self.publish(rendered)
         return rendered

@@ -10,7 +10,7 @@ import trio
 import trio.testing
 from members import segment
 
-from babel_actors.actors.broadcaster import run_broadcaster
+from babel_actors.actors.broadcaster import finals_first, run_broadcaster
 from babel_actors.events import Caption
 from babel_actors.metrics import Metrics
 from babel_actors.stages import StageRecorder
@@ -39,7 +39,7 @@ class Deliveries:
 
 async def test_every_caption_is_delivered_in_order_and_it_returns_when_the_inbox_ends() -> None:
     deliver = Deliveries({"fr": 2})
-    captions = [rendered(1, "fr", partial=True), rendered(2, "fr"), rendered(3, "de")]
+    captions = [rendered(1, "fr"), rendered(2, "de"), rendered(3, "fr", partial=True)]
     inbox_send, inbox_receive = trio.open_memory_channel[Rendered](8)
     with trio.fail_after(TIMEOUT_S):
         async with trio.open_nursery() as nursery:
@@ -72,10 +72,10 @@ async def test_metrics_count_each_caption_once_with_the_people_it_reached() -> N
     deliver = Deliveries({"fr": 3, "de": 2})
     inbox_send, inbox_receive = trio.open_memory_channel[Rendered](8)
     for item in (
-        rendered(1, "fr", partial=True),
         rendered(2, "fr"),
         rendered(2, "de"),
         rendered(2, "it"),  # nobody reads Italian: not counted
+        rendered(3, "fr", partial=True),
     ):
         inbox_send.send_nowait(item)
     inbox_send.close()
@@ -119,3 +119,36 @@ async def test_stage_latencies_are_recorded_per_caption_at_delivery(
     # Delivered at start + 1.0: the broadcaster's own stage is 400 ms, the total 1 s.
     assert summary["final"]["stages"]["broadcaster"]["p50"] == 400.0
     assert summary["final"]["total"]["p50"] == 1000.0
+
+
+def test_captions_that_queued_up_go_out_finals_first_and_stale_partials_dropped() -> None:
+    batch = [
+        rendered(1, "fr", partial=True),
+        rendered(2, "fr", partial=True),
+        rendered(2, "de", partial=True),
+        rendered(3, "fr"),
+        rendered(4, "fr", partial=True),
+        rendered(3, "de"),
+        rendered(5, "de", partial=True),
+        rendered(6, "de", partial=True),
+    ]
+    order = [(r.caption.segment.seq_id, r.caption.target_lang) for r in finals_first(batch)]
+    assert order == [(3, "fr"), (3, "de"), (4, "fr"), (6, "de")]
+    only_finals = [rendered(1, "fr"), rendered(1, "de"), rendered(2, "fr")]
+    assert finals_first(only_finals) == only_finals
+    only_partials = [rendered(1, "fr", partial=True), rendered(2, "fr", partial=True)]
+    assert finals_first(only_partials) == only_partials[1:]
+
+
+async def test_a_final_queued_behind_partials_is_delivered_before_them() -> None:
+    deliver = Deliveries({"fr": 1})
+    inbox_send, inbox_receive = trio.open_memory_channel[Rendered](8)
+    queued = [rendered(1, "fr", partial=True), rendered(2, "fr", partial=True), rendered(2, "fr")]
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            # Queued before the broadcaster runs: it finds them waiting together.
+            for item in queued:
+                inbox_send.send_nowait(item)
+            await inbox_send.aclose()
+            nursery.start_soon(partial(run_broadcaster, inbox_receive, deliver=deliver))
+    assert deliver.given == [queued[2]]

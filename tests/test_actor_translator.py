@@ -229,6 +229,26 @@ async def test_a_partial_in_flight_is_not_sent_once_a_later_final_is_dispatched(
     assert final.caption.segment.seq_id == 2
 
 
+async def test_no_partial_is_asked_of_the_engine_while_a_final_is_being_translated() -> None:
+    """Issue 14: finals never wait behind partials' translation requests."""
+    engine = GatedTranslator(hold=lambda call: not call.partial)
+    with trio.fail_after(TIMEOUT_S):
+        async with translator(engine, reading("fr", "de")) as lanes:
+            await lanes.send(segment(1, "so we go"), segment(2, "and", partial=True))
+            await trio.testing.wait_all_tasks_blocked()
+            # Both finals are under way, held; the partial waits for them to land.
+            assert engine.texts(partial=False) == ["so we go", "so we go"]
+            assert engine.texts(partial=True) == []
+            engine.open()
+            finals = await lanes.receive(2)
+            partials = await lanes.receive(2)
+            await lanes.drain()
+    assert {r.caption.target_lang for r in finals} == {"fr", "de"}
+    assert not any(r.caption.segment.is_partial for r in finals)
+    assert sorted(r.caption.text for r in partials) == ["[de] and", "[fr] and"]
+    assert engine.texts(partial=True) == ["and", "and"]
+
+
 async def test_a_source_readers_partial_goes_out_as_is_without_an_engine_call() -> None:
     engine = GatedTranslator()
     with trio.fail_after(TIMEOUT_S):

@@ -24,6 +24,9 @@ async def run_broadcaster(
     writes one caption to every member reading its language and returns how many
     people it reached.
 
+    Order: captions that queued up while one was being delivered go out finals first,
+    then only the newest partial per language (``finals_first``): under load a final
+    never waits behind partials that are already stale.
     Backpressure: none upstream; delivery never waits on a member. Each member queues
     what its socket cannot take yet: partials coalesce (latest wins), finals are kept,
     and a member owing more than its limit is told and disconnected (it can resume with
@@ -38,8 +41,34 @@ async def run_broadcaster(
     async with inbox:
         task_status.started()
         async for rendered in inbox:
-            reached = deliver(rendered)
-            if metrics is not None:
-                metrics.delivered(rendered.caption, reached)
-            if stages is not None:
-                stages.record(rendered.caption, trio.current_time())
+            for caption in finals_first([rendered, *_waiting(inbox)]):
+                reached = deliver(caption)
+                if metrics is not None:
+                    metrics.delivered(caption.caption, reached)
+                if stages is not None:
+                    stages.record(caption.caption, trio.current_time())
+
+
+def _waiting(inbox: trio.MemoryReceiveChannel[Rendered]) -> list[Rendered]:
+    """Every caption already in ``inbox``, without waiting."""
+    waiting = []
+    while True:
+        try:
+            waiting.append(inbox.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return waiting
+
+
+def finals_first(batch: list[Rendered]) -> list[Rendered]:
+    """The order to deliver captions that queued up together: every final first, in
+    order; then, per language, the newest partial, unless a final of this batch
+    overtook it. Older partials would only be replaced on screen at once."""
+    finals = [r for r in batch if not r.caption.segment.is_partial]
+    if len(finals) == len(batch):
+        return batch
+    newest_final = max((r.caption.segment.seq_id for r in finals), default=0)
+    partials: dict[str, Rendered] = {}
+    for r in batch:
+        if r.caption.segment.is_partial and r.caption.segment.seq_id > newest_final:
+            partials[r.caption.target_lang] = r
+    return [*finals, *partials.values()]

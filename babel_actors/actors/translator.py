@@ -48,8 +48,9 @@ async def run_translator(
     ``languages()`` names the languages someone reads at this moment; a final is
     translated into each of them exactly once, however many listeners share one.
     Partials: coalesced per lane (only the latest waits), translated at most once per
-    ``partial_interval_s``, by a task of their own so they never delay a final, and
-    dropped when a later final has already been dispatched.
+    ``partial_interval_s``, by a task of their own, never while a final is being
+    translated (``Renderer.finals_landed``) so they never delay a final, and dropped
+    when a later final has already been dispatched.
     Backpressure: a lane holds ``queue_size`` finals; when it is full the dispatcher
     blocks (and so, behind it, the splitter and STT). Captions block on a full outbox.
     Draining: when ``inbox`` ends, every lane finishes the finals it holds (partials
@@ -118,6 +119,7 @@ async def _translate_partials(
         while True:
             await lane.partial_ready.wait()
             await trio.sleep_until(next_at)
+            await renderer.finals_landed()
             lane.partial_ready = trio.Event()
             segment, lane.partial = lane.partial, None
             if segment is None or segment.seq_id < lane.last_final_seq:
