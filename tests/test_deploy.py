@@ -160,8 +160,11 @@ def _listening_socket() -> socket.socket:
 
 
 @asynccontextmanager
-async def running_nginx(root: Path, cert: Cert, backends: list[Server]) -> AsyncIterator[Proxy]:
-    """nginx with the rendered site config in front of ``backends``, until the block ends."""
+async def running_nginx(
+    root: Path, cert: Cert, backends: list[Server | int], extra: tuple[str, ...] = ()
+) -> AsyncIterator[Proxy]:
+    """nginx with the rendered site config in front of ``backends`` (servers, or bare
+    ports on 127.0.0.1), rendered with ``extra`` flags too, until the block ends."""
     root.mkdir()
     (root / "temp").mkdir()
     acme_root = root / "acme"
@@ -174,7 +177,9 @@ async def running_nginx(root: Path, cert: Cert, backends: list[Server]) -> Async
                 "--acme-root", str(acme_root), "--log-dir", str(root),
                 "-o", str(root / "babel-actors.conf")]  # fmt: skip
         for server in backends:
-            argv += ["--backend", f"127.0.0.1:{server.port}"]
+            port = server if isinstance(server, int) else server.port
+            argv += ["--backend", f"127.0.0.1:{port}"]
+        argv += extra
         assert render.main(argv) == 0
         user = "user root root;\n" if os.geteuid() == 0 else ""
         conf = root / "nginx.conf"
@@ -407,6 +412,80 @@ async def test_listeners_reach_the_process_that_holds_the_session(
             async with proxy.websocket(path) as one, proxy.websocket(path) as two:
                 greetings = [(await one.receive())["type"], (await two.receive())["type"]]
     assert greetings == ["session_joined", "session_joined"]
+
+
+def _alb_idle_timeout() -> int:
+    """The scaled shape's ALB idle timeout, which the template also hands install.sh."""
+    template = _template()
+    seconds = int(template["Mappings"]["Tuning"]["LoadBalancer"]["IdleTimeoutSeconds"])
+    attributes = template["Resources"]["LoadBalancer"]["Properties"]["LoadBalancerAttributes"]
+    idle = next(a["Value"] for a in attributes if a["Key"] == "idle_timeout.timeout_seconds")
+    assert idle == {"Fn::FindInMap": ["Tuning", "LoadBalancer", "IdleTimeoutSeconds"]}
+    assert "LB_IDLE_TIMEOUT=${LbIdleTimeout}" in _user_data_from_template()
+    return seconds
+
+
+@needs_nginx
+async def test_behind_the_alb_nginx_keeps_connections_longer_than_the_alb(
+    tmp_path: Path, cert: Cert
+) -> None:
+    alb = _alb_idle_timeout()
+    root = tmp_path / "nginx"
+    with trio.fail_after(30):
+        async with (
+            running_server(Config(port=0)) as server,
+            running_nginx(root, cert, [server], ("--lb-idle-timeout", str(alb),
+                                                 "--trusted-proxy", "10.42.0.0/16")) as proxy,
+            proxy.client() as http,
+        ):
+            health = await http.get("/health")
+    assert health.status_code == 200
+    conf = (root / "babel-actors.conf").read_text()
+    timeouts = re.findall(r"^\s*keepalive_timeout (\d+)s;$", conf, re.M)
+    assert len(timeouts) == 1 and int(timeouts[0]) > alb
+    requests = re.findall(r"^\s*keepalive_requests (\d+);$", conf, re.M)
+    assert len(requests) == 1 and int(requests[0]) >= 10000, "nginx 1.18 closes after 100"
+
+
+def test_without_a_load_balancer_idle_keepalives_stay_short() -> None:
+    conf = render.render(render._parser().parse_args(
+        ["--server-name", "live.example.org", "--backend", "127.0.0.1:8081"]))
+    assert re.findall(r"^\s*keepalive_timeout (\d+)s;$", conf, re.M) == ["30"]
+    assert render.main(["--server-name", "a.example.org", "--backend", "h:1",
+                        "--lb-idle-timeout", "5000"]) == 2
+
+
+HOST_TOKEN = "h0st-t0ken-5ecret-3f9a"
+API_KEY = "ap1-key-5ecret-77c1"
+
+
+@needs_nginx
+async def test_a_502_leaves_no_token_or_key_in_nginx_logs(tmp_path: Path, cert: Cert) -> None:
+    root = tmp_path / "nginx"
+    # Bound but not listening: every connection to it is refused, so nginx answers 502.
+    with socket.socket() as down:
+        down.bind(("127.0.0.1", 0))
+        port = down.getsockname()[1]
+        with trio.fail_after(30):
+            async with (
+                running_nginx(root, cert, [port]) as proxy,
+                proxy.client() as http,
+            ):
+                socket_upgrade = await http.get(
+                    f"/translate?role=host&sessionId=s1&token={HOST_TOKEN}&apiKey={API_KEY}",
+                    headers={"connection": "upgrade", "upgrade": "websocket",
+                             "sec-websocket-version": "13",
+                             "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ=="},
+                )
+                lookup = await http.get(f"/session/ABCDEF/info?apiKey={API_KEY}")
+    assert (socket_upgrade.status_code, lookup.status_code) == (502, 502)
+    logs = {p.name: p.read_text() for p in root.glob("*.log")}
+    access = logs["babel-actors.access.log"]
+    assert access.count(" 502 ") == 2, access
+    assert f"upstream=127.0.0.1:{port}" in access, "the access log says which backend failed"
+    assert "babel-actors.error.log" in logs
+    for name, text in logs.items():
+        assert HOST_TOKEN not in text and API_KEY not in text, name
 
 
 def test_render_refuses_values_nginx_would_misread() -> None:
