@@ -339,9 +339,7 @@ async def test_nginx_compresses_the_web_client(tmp_path: Path, cert: Cert) -> No
 
 
 @needs_nginx
-async def test_session_creation_is_rate_limited_past_its_burst(
-    tmp_path: Path, cert: Cert
-) -> None:
+async def test_session_creation_is_rate_limited_past_its_burst(tmp_path: Path, cert: Cert) -> None:
     responses: list[httpx.Response] = []
     with trio.fail_after(30):
         async with (
@@ -434,8 +432,12 @@ async def test_behind_the_alb_nginx_keeps_connections_longer_than_the_alb(
     with trio.fail_after(30):
         async with (
             running_server(Config(port=0)) as server,
-            running_nginx(root, cert, [server], ("--lb-idle-timeout", str(alb),
-                                                 "--trusted-proxy", "10.42.0.0/16")) as proxy,
+            running_nginx(
+                root,
+                cert,
+                [server],
+                ("--lb-idle-timeout", str(alb), "--trusted-proxy", "10.42.0.0/16"),
+            ) as proxy,
             proxy.client() as http,
         ):
             health = await http.get("/health")
@@ -448,11 +450,18 @@ async def test_behind_the_alb_nginx_keeps_connections_longer_than_the_alb(
 
 
 def test_without_a_load_balancer_idle_keepalives_stay_short() -> None:
-    conf = render.render(render._parser().parse_args(
-        ["--server-name", "live.example.org", "--backend", "127.0.0.1:8081"]))
+    conf = render.render(
+        render._parser().parse_args(
+            ["--server-name", "live.example.org", "--backend", "127.0.0.1:8081"]
+        )
+    )
     assert re.findall(r"^\s*keepalive_timeout (\d+)s;$", conf, re.M) == ["30"]
-    assert render.main(["--server-name", "a.example.org", "--backend", "h:1",
-                        "--lb-idle-timeout", "5000"]) == 2
+    assert (
+        render.main(
+            ["--server-name", "a.example.org", "--backend", "h:1", "--lb-idle-timeout", "5000"]
+        )
+        == 2
+    )
 
 
 HOST_TOKEN = "h0st-t0ken-5ecret-3f9a"
@@ -473,9 +482,12 @@ async def test_a_502_leaves_no_token_or_key_in_nginx_logs(tmp_path: Path, cert: 
             ):
                 socket_upgrade = await http.get(
                     f"/translate?role=host&sessionId=s1&token={HOST_TOKEN}&apiKey={API_KEY}",
-                    headers={"connection": "upgrade", "upgrade": "websocket",
-                             "sec-websocket-version": "13",
-                             "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ=="},
+                    headers={
+                        "connection": "upgrade",
+                        "upgrade": "websocket",
+                        "sec-websocket-version": "13",
+                        "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+                    },
                 )
                 lookup = await http.get(f"/session/ABCDEF/info?apiKey={API_KEY}")
     assert (socket_upgrade.status_code, lookup.status_code) == (502, 502)
@@ -622,10 +634,11 @@ def _systemd_root(tmp_path: Path) -> Path:
     ours.mkdir(parents=True)
     for unit in (DEPLOY / "systemd").iterdir():
         shutil.copy(unit, ours / unit.name)
-    exe = root / "opt/babel-actors/venv/bin/babel-actors"
-    exe.parent.mkdir(parents=True)
-    exe.write_text("#!/bin/sh\n")
-    exe.chmod(0o755)
+    for name in ("opt/babel-actors/venv/bin/babel-actors", "usr/local/lib/babel-actors/render-env"):
+        exe = root / name
+        exe.parent.mkdir(parents=True)
+        exe.write_text("#!/bin/sh\n")
+        exe.chmod(0o755)
     return root
 
 
@@ -633,7 +646,7 @@ def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     root = _systemd_root(tmp_path)
     result = subprocess.run(
         ["systemd-analyze", "verify", f"--root={root}",
-         "babel-actors@8081.service", "babel-actors.target"],
+         "babel-actors@8081.service", "babel-actors.target", "babel-actors-settings.service"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -741,3 +754,161 @@ def test_publish_refuses_a_directory_without_a_page(
     )  # fmt: skip
     assert result.returncode != 0 and "index.html" in result.stderr
     assert not log.exists(), "nothing was sent to AWS"
+
+
+# ------------------------------------------------------------------ settings from SSM
+
+FAKE_SSM_AWS = """#!/usr/bin/env bash
+# SSM Parameter Store and Secrets Manager as the CLI answers them, from files: the
+# parameters under the asked path (decrypted only when asked), the Redis secret.
+printf '%s\\n' "$*" >>"$AWS_LOG"
+[[ -e $AWS_FAIL ]] && { echo "An error occurred (ThrottlingException)" >&2; exit 254; }
+case "$1 $2" in
+  "ssm get-parameters-by-path")
+    [[ " $* " == *" --with-decryption "* ]] || { echo 'not decrypted' >&2; exit 9; }
+    [[ " $* " == *" --path $SSM_PATH "* ]] || { echo '{"Parameters": []}'; exit 0; }
+    cat "$SSM_PARAMETERS" ;;
+  "secretsmanager get-secret-value")
+    [[ " $* " == *" --secret-id $REDIS_SECRET_ARN "* ]] || exit 9
+    printf '{"Name": "redis", "SecretString": "%s"}\\n' "$REDIS_TOKEN" ;;
+  *) echo "unexpected: $*" >&2; exit 9 ;;
+esac
+"""
+STACK_PATH = "/babel-actors/babel/"
+REDIS_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:babel-redis-AbCdEf"
+REDIS_TOKEN = "r3disT0kenFromSecretsManager42"
+GOOGLE_KEY = {"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----\nk\n"}
+
+
+@attrs.frozen
+class ParameterStore:
+    """A fake ``aws`` on PATH and the deploy.env that points render-env.py at it."""
+
+    etc: Path
+    """What /etc/babel-actors is on an instance."""
+    env: dict[str, str]
+    """The environment to run render-env.py in."""
+    parameters: Path
+    """The JSON get-parameters-by-path answers."""
+    fail: Path
+    """While this file exists, every aws call fails."""
+
+    def put(self, **values: str) -> None:
+        listed = [{"Name": f"{STACK_PATH}{k}", "Type": "SecureString", "Value": v}
+                  for k, v in values.items()]  # fmt: skip
+        self.parameters.write_text(json.dumps({"Parameters": listed}))
+
+    def render(self) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(DEPLOY / "settings/render-env.py"),
+             "--deploy-env", str(self.etc / "deploy.env")],
+            env=self.env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    def env_file(self) -> dict[str, str]:
+        text = (self.etc / "babel-actors.env").read_text()
+        return dict(line.split("=", 1) for line in text.splitlines() if not line.startswith("#"))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ParameterStore:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "aws").write_text(FAKE_SSM_AWS)
+    (bin_dir / "aws").chmod(0o755)
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "deploy.env").write_text(
+        f"DOMAIN=live.example.org\nSETTINGS_PATH={STACK_PATH}\nAWS_REGION=us-east-1\n"
+        f"REDIS_SECRET_ARN={REDIS_ARN}\nREDIS_HOST=master.babel.cache.amazonaws.com\n"
+        "REDIS_PORT=6379\n"
+    )
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "AWS_LOG": str(tmp_path / "aws.log"), "AWS_FAIL": str(tmp_path / "fail"),
+           "SSM_PATH": STACK_PATH, "SSM_PARAMETERS": str(tmp_path / "parameters.json"),
+           "REDIS_SECRET_ARN": REDIS_ARN, "REDIS_TOKEN": REDIS_TOKEN}  # fmt: skip
+    return ParameterStore(etc, env, tmp_path / "parameters.json", tmp_path / "fail")
+
+
+def test_settings_and_keys_are_rendered_from_the_stacks_parameters(store: ParameterStore) -> None:
+    store.put(
+        BABEL_API_KEYS="k-one,k-two",
+        BABEL_OPERATOR_KEY="op-key-1",
+        BABEL_STT="google",
+        OPENAI_API_KEY="sk-test-123",
+        GOOGLE_CREDENTIALS_JSON=json.dumps(GOOGLE_KEY),
+    )
+    result = store.render()
+    assert result.returncode == 0, result.stderr
+    env = store.env_file()
+    assert env["BABEL_API_KEYS"] == "'k-one,k-two'"
+    assert env["OPENAI_API_KEY"] == "'sk-test-123'"
+    assert env["BABEL_STT"] == "'google'" and env["BABEL_MT"] == "'apertium'", "defaults fill in"
+    google = store.etc / "google-credentials.json"
+    assert env["GOOGLE_APPLICATION_CREDENTIALS"] == f"'{google}'"
+    assert json.loads(google.read_text()) == GOOGLE_KEY
+    assert "GOOGLE_CREDENTIALS_JSON" not in env
+    assert (store.etc / "operator-key").read_text() == "op-key-1"
+    for name in ("babel-actors.env", "google-credentials.json", "operator-key"):
+        assert (store.etc / name).stat().st_mode & 0o007 == 0, f"{name} is not world-readable"
+    for value in ("k-one", "sk-test-123", "op-key-1", "PRIVATE KEY", "t0ken"):
+        assert value not in result.stderr + result.stdout, "values never reach the journal"
+    # What systemd's EnvironmentFile= reads is what a shell reads from single quotes.
+    shell = subprocess.run(
+        ["bash", "-c", 'set -a; . "$1"; printf %s "$BABEL_REDIS_URL"', "-",
+         str(store.etc / "babel-actors.env")], capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    _assert_verified_redis_url(shell.stdout)
+
+
+def _assert_verified_redis_url(url: str) -> None:
+    """coredis, reading ``url`` as the server does, checks the certificate and host name
+    and sends the AUTH token from Secrets Manager."""
+    import coredis
+
+    pool = coredis.ConnectionPool.from_url(url)
+    kwargs: dict[str, Any] = pool.connection_kwargs
+    context = kwargs["ssl_context"]
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert kwargs["password"] == REDIS_TOKEN
+
+
+def test_a_failed_reload_keeps_the_last_good_settings(store: ParameterStore) -> None:
+    store.put(BABEL_API_KEYS="k-one")
+    assert store.render().returncode == 0
+    before = (store.etc / "babel-actors.env").read_text()
+    store.put(BABEL_API_KEYS="k-two")
+    store.fail.touch()
+    result = store.render()
+    assert result.returncode == 1 and "ThrottlingException" in result.stderr
+    assert (store.etc / "babel-actors.env").read_text() == before
+    store.fail.unlink()
+    assert store.render().returncode == 0
+    assert store.env_file()["BABEL_API_KEYS"] == "'k-two'"
+
+
+def test_an_instance_without_api_keys_refuses_to_come_up_open(store: ParameterStore) -> None:
+    store.put(BABEL_STT="whisper")
+    result = store.render()
+    assert result.returncode == 1 and f"{STACK_PATH}BABEL_API_KEYS" in result.stderr
+    assert not (store.etc / "babel-actors.env").exists()
+    deploy_env = store.etc / "deploy.env"
+    deploy_env.write_text(deploy_env.read_text() + "ALLOW_OPEN=1\n")
+    assert store.render().returncode == 0
+    assert "BABEL_API_KEYS" not in store.env_file()
+
+
+def test_values_the_env_file_cannot_hold_are_refused_by_name(store: ParameterStore) -> None:
+    store.put(BABEL_API_KEYS="k-one", BABEL_ALLOWED_ORIGINS="it's\nbad")
+    result = store.render()
+    assert result.returncode == 1 and "BABEL_ALLOWED_ORIGINS" in result.stderr
+    assert "it's" not in result.stderr
+
+
+def test_an_instance_set_up_by_hand_keeps_its_env_file(store: ParameterStore) -> None:
+    (store.etc / "deploy.env").write_text("DOMAIN=live.example.org\nSETTINGS_PATH=\n")
+    (store.etc / "babel-actors.env").write_text("BABEL_API_KEYS=by-hand\n")
+    assert store.render().returncode == 0
+    assert (store.etc / "babel-actors.env").read_text() == "BABEL_API_KEYS=by-hand\n"
+    assert not Path(store.env["AWS_LOG"]).exists(), "AWS was not asked"

@@ -29,24 +29,44 @@ LB_KEEPALIVE_MARGIN_S = 60
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--server-name", required=True, help="public host name (the first is canonical)",
-        action="append")
-    add("--backend", required=True, action="append",
-        help="a babel-actors process, host:port (repeat for each)")
-    add("--listen", action="append",
-        help="address to listen on (repeat); default: every IPv4 and IPv6 address")
+    add(
+        "--server-name",
+        required=True,
+        help="public host name (the first is canonical)",
+        action="append",
+    )
+    add(
+        "--backend",
+        required=True,
+        action="append",
+        help="a babel-actors process, host:port (repeat for each)",
+    )
+    add(
+        "--listen",
+        action="append",
+        help="address to listen on (repeat); default: every IPv4 and IPv6 address",
+    )
     add("--http-port", type=int, default=80)
     add("--https-port", type=int, default=443)
     add("--cert", help="certificate chain (default: Let's Encrypt's fullchain.pem)")
     add("--key", help="private key (default: Let's Encrypt's privkey.pem)")
     add("--acme-root", default="/var/www/letsencrypt", help="certbot --webroot directory")
     add("--log-dir", default="/var/log/nginx")
-    add("--trusted-proxy", action="append", default=[],
-        help="CIDR of a load balancer whose X-Forwarded-For is believed (repeat)")
-    add("--lb-idle-timeout", type=int, default=0, metavar="SECONDS",
+    add(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        help="CIDR of a load balancer whose X-Forwarded-For is believed (repeat)",
+    )
+    add(
+        "--lb-idle-timeout",
+        type=int,
+        default=0,
+        metavar="SECONDS",
         help="idle timeout of a load balancer in front (an ALB's idle_timeout); nginx "
-             "keeps its connections open longer, so the balancer never reuses one nginx "
-             "has just closed (a 502)")
+        "keeps its connections open longer, so the balancer never reuses one nginx "
+        "has just closed (a 502)",
+    )
     add("-o", "--output", help="write here instead of standard output")
     return parser
 
@@ -89,8 +109,10 @@ def render(args: argparse.Namespace, template: str | None = None) -> str:
         "ACME_ROOT": args.acme_root,
         "LOG_DIR": args.log_dir.rstrip("/") or "/",
         "KEEPALIVE": (
-            [f"keepalive_timeout {args.lb_idle_timeout + LB_KEEPALIVE_MARGIN_S}s;",
-             "keepalive_requests 100000;"]
+            [
+                f"keepalive_timeout {args.lb_idle_timeout + LB_KEEPALIVE_MARGIN_S}s;",
+                "keepalive_requests 100000;",
+            ]
             if args.lb_idle_timeout
             else ["keepalive_timeout 30s;"]
         ),
