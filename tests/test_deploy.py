@@ -520,6 +520,30 @@ def test_cloudformation_template_passes_cfn_lint() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+CHECKOV = Path(__file__).resolve().parent.parent / ".venv-checkov/bin/checkov"
+
+
+@pytest.mark.skipif(not CHECKOV.exists(), reason="checkov is not installed (make test installs it)")
+@pytest.mark.parametrize("shape", ["small", "scaled"])
+def test_cloudformation_template_passes_checkov(shape: str, tmp_path: Path) -> None:
+    """checkov drops resources whose condition is false under the parameters' defaults,
+    so each shape is checked as the default in turn; accepted findings are listed,
+    with their reasons, in deploy/checkov.yaml."""
+    text = (DEPLOY / "cloudformation.yaml").read_text()
+    default = "    Default: small\n    AllowedValues: [small, scaled]"
+    assert text.count(default) == 1
+    template = tmp_path / f"{shape}.yaml"
+    template.write_text(text.replace(default, default.replace("small", shape, 1)))
+    result = subprocess.run(
+        [str(CHECKOV), "-f", str(template), "--config-file", str(DEPLOY / "checkov.yaml"),
+         "--skip-download"],
+        capture_output=True, text=True, env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    passed = re.search(r"Passed checks: (\d+), Failed checks: 0", result.stdout)
+    assert passed is not None and int(passed[1]) > 20, result.stdout
+
+
 def _template() -> Any:
     from cfnlint.decode import decode_str
 
@@ -546,6 +570,82 @@ def test_cloudformation_opens_ssh_to_the_admin_only_and_keeps_the_bucket_private
     scaled = {"LoadBalancer", "AutoScalingGroup", "Redis", "TargetGroup"}
     assert all(resources[name]["Condition"] == "IsScaled" for name in scaled)
     assert resources["Instance"]["Condition"] == "IsSmall"
+
+
+def test_updates_neither_replace_the_small_instance_for_a_new_ami_nor_go_unsignalled() -> None:
+    template = _template()
+    resources = template["Resources"]
+    data = resources["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    # EC2 resolves the AMI at launch; CloudFormation sees the same text on every update.
+    assert data["ImageId"] == {"Fn::Sub": "resolve:ssm:${ImageParameter}"}
+    assert template["Parameters"]["ImageParameter"]["Type"] == "String"
+    assert resources["Instance"]["CreationPolicy"]["ResourceSignal"]["Count"] == 1
+    group = resources["AutoScalingGroup"]
+    assert group["CreationPolicy"]["ResourceSignal"]["Count"] == {"Ref": "DesiredInstances"}
+    rolling = group["UpdatePolicy"]["AutoScalingRollingUpdate"]
+    assert rolling["WaitOnResourceSignals"] is True and rolling["MaxBatchSize"] == 1
+    assert rolling["MinInstancesInService"] == {"Ref": "MinInstances"}
+    user_data = _user_data_from_template()
+    assert "CFN_RESOURCE=${SignalResource}" in user_data
+    assert "aws cloudformation signal-resource" in user_data
+    assert "git clone" not in user_data, "the release comes from S3, not git"
+
+
+def test_several_processes_are_refused_without_redis() -> None:
+    rule = _template()["Rules"]["ProcessesNeedRedis"]
+    assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "Shape"}, "small"]}
+    assert rule["Assertions"][0]["Assert"] == {"Fn::Equals": [{"Ref": "ProcessesPerInstance"}, "1"]}
+
+
+def test_redis_takes_auth_from_secrets_manager_over_tls_on_a_pinned_engine() -> None:
+    resources = _template()["Resources"]
+    redis = resources["Redis"]["Properties"]
+    assert redis["TransitEncryptionEnabled"] is True and redis["AtRestEncryptionEnabled"]
+    assert redis["AuthToken"] == {"Fn::Sub": "{{resolve:secretsmanager:${RedisAuthSecret}}}"}
+    assert redis["EngineVersion"] == {"Ref": "RedisEngineVersion"}
+    assert redis["NumCacheClusters"] == {"Fn::If": ["TwoRedisNodes", 2, 1]}
+    generated = resources["RedisAuthSecret"]["Properties"]["GenerateSecretString"]
+    assert generated["ExcludePunctuation"] is True, "render-env puts it in a URL unquoted"
+
+
+def test_the_instance_role_reads_only_this_stacks_settings() -> None:
+    role = _template()["Resources"]["InstanceRole"]["Properties"]
+    assert "ManagedPolicyArns" not in role, "AmazonSSMManagedInstanceCore reads any parameter"
+    statements = role["Policies"][0]["PolicyDocument"]["Statement"]
+    by_sid = {st["Sid"]: st for st in statements if "Sid" in st}
+    settings = by_sid["ThisStacksSettings"]
+    assert settings["Action"] == "ssm:GetParametersByPath"
+    assert all(
+        "parameter/babel-actors/${AWS::StackName}" in r["Fn::Sub"] for r in settings["Resource"]
+    )
+    wildcard = sorted(sid for sid, st in by_sid.items() if st["Resource"] == "*")
+    assert wildcard == ["SessionManager", "ShipHostMetrics"], "APIs without resource ARNs"
+    assert by_sid["ShipHostMetrics"]["Condition"] == {
+        "StringEquals": {"cloudwatch:namespace": "BabelActors"}
+    }
+
+
+def test_alarms_go_to_the_stacks_topic() -> None:
+    resources = _template()["Resources"]
+    alarms = {k: r for k, r in resources.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    assert {"Nginx5xxAlarm", "SystemStatusAlarm", "InstanceStatusAlarm", "CpuCreditsAlarm",
+            "UnhealthyHostsAlarm", "LoadBalancer5xxAlarm", "RedisCpuAlarm",
+            "RedisMemoryAlarm"} <= alarms.keys()  # fmt: skip
+    for name, alarm in alarms.items():
+        assert {"Ref": "AlertTopic"} in alarm["Properties"]["AlarmActions"], name
+
+
+def test_the_scaled_shape_can_request_its_own_dns_validated_certificate() -> None:
+    template = _template()
+    certificate = template["Resources"]["Certificate"]
+    assert certificate["Condition"] == "RequestCertificate"
+    assert certificate["Properties"]["ValidationMethod"] == "DNS"
+    options = certificate["Properties"]["DomainValidationOptions"][0]
+    assert options["HostedZoneId"] == {"Ref": "HostedZoneId"}
+    listener = template["Resources"]["HttpsListener"]["Properties"]
+    assert listener["Certificates"][0]["CertificateArn"] == {
+        "Fn::If": ["HasCertificate", {"Ref": "CertificateArn"}, {"Ref": "Certificate"}]
+    }
 
 
 def _user_data_from_template() -> str:
@@ -610,9 +710,17 @@ def test_cloud_init_user_data_in_the_template_passes_cloud_init_schema(tmp_path:
         "TlsMode": "selfsigned",
         "ProcessesPerInstance": "2",
         "TrustedProxyCidr": "10.42.0.0/16",
-        "RedisUrl": "rediss://redis.example.internal:6379",
-        "RepoUrl": "https://github.com/example/babel-actors.git",
-        "RepoRef": "main",
+        "LbIdleTimeout": "3600",
+        "ReleaseUrl": "s3://releases/babel-actors/0.1.0/babel-actors-0.1.0.tar.gz",
+        "Region": "us-east-1",
+        "SettingsPath": "/babel-actors/babel/",
+        "AllowOpen": "0",
+        "RedisHost": "master.babel.cache.amazonaws.com",
+        "RedisPort": "6379",
+        "RedisSecretArn": REDIS_ARN,
+        "LogGroupPrefix": "/babel-actors/babel",
+        "StackName": "babel",
+        "SignalResource": "AutoScalingGroup",
     }
     filled = re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], _user_data_from_template())
     user_data = tmp_path / "user-data.yaml"
