@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", default="babel", help="group that may read the files")
     args = parser.parse_args(argv)
     etc = args.deploy_env.parent
-    deploy = read_deploy_env(args.deploy_env)
+    deploy = read_deploy_env(args.deploy_env) if args.deploy_env.exists() else {}
     if not deploy.get("SETTINGS_PATH"):
         print("render-env: no SETTINGS_PATH; babel-actors.env is edited by hand", file=sys.stderr)
         return 0
