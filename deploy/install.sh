@@ -11,8 +11,8 @@
 set -euo pipefail
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-ETC=/etc/babel-actors
-VENV=/opt/babel-actors/venv
+ETC=${BABEL_ETC:-/etc/babel-actors}
+VENV=${BABEL_VENV:-/opt/babel-actors/venv}
 SELF_SIGNED_DIR=$ETC/tls
 ACME_ROOT=/var/www/letsencrypt
 
@@ -291,18 +291,23 @@ wait_healthy() {
     done
 }
 
-install_packages
-install_user
-install_venv
-install_settings
-install_units
-tune_nginx
-self_signed
-if [[ $TLS == letsencrypt ]]; then
-    lets_encrypt
-else
-    render_site "$SELF_SIGNED_DIR/cert.pem" "$SELF_SIGNED_DIR/key.pem"
-fi
-wait_healthy
-install_monitoring
-log "done: https://$DOMAIN/health"
+main() {
+    install_packages
+    install_user
+    install_venv
+    install_settings
+    install_units
+    tune_nginx
+    self_signed
+    if [[ $TLS == letsencrypt ]]; then
+        lets_encrypt
+    else
+        render_site "$SELF_SIGNED_DIR/cert.pem" "$SELF_SIGNED_DIR/key.pem"
+    fi
+    wait_healthy
+    install_monitoring
+    log "done: https://$DOMAIN/health"
+}
+
+# Sourced (the tests), it only defines the steps.
+[[ ${BASH_SOURCE[0]} != "$0" ]] || main

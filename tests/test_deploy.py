@@ -787,9 +787,14 @@ needs_shellcheck = pytest.mark.skipif(
 
 
 @needs_shellcheck
-@pytest.mark.parametrize("script", ["install.sh", "publish-web.sh"])
+@pytest.mark.parametrize(
+    "script",
+    ["deploy/install.sh", "deploy/publish-web.sh", "deploy/upgrade.sh",
+     "scripts/build-release.sh", "scripts/publish-release.sh"],
+)  # fmt: skip
 def test_shell_scripts_pass_shellcheck(script: str) -> None:
-    result = subprocess.run(["shellcheck", str(DEPLOY / script)], capture_output=True, text=True)
+    path = DEPLOY.parent / script
+    result = subprocess.run(["shellcheck", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
 
@@ -1020,3 +1025,76 @@ def test_an_instance_set_up_by_hand_keeps_its_env_file(store: ParameterStore) ->
     assert store.render().returncode == 0
     assert (store.etc / "babel-actors.env").read_text() == "BABEL_API_KEYS=by-hand\n"
     assert not Path(store.env["AWS_LOG"]).exists(), "AWS was not asked"
+
+
+# ------------------------------------------------------------------ the release artifact
+
+ROOT = DEPLOY.parent
+RELEASE_VERSION = "0.0.1+test"
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """scripts/build-release.sh's tarball, with the core and the Redis extra (every
+    extra would fetch the speech engines' few hundred MB; the steps are the same)."""
+    out = tmp_path_factory.mktemp("dist")
+    result = subprocess.run(
+        [str(ROOT / "scripts/build-release.sh"), "--extras", "redis",
+         "--version", RELEASE_VERSION, "--out", str(out)],
+        env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True,
+        timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out / f"babel-actors-{RELEASE_VERSION}.tar.gz"
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("python3.11") is None,
+    reason="install.sh runs as root with python3.11, as on the instances",
+)
+def test_install_sh_installs_a_release_without_pypi_or_git(release: Path, tmp_path: Path) -> None:
+    check = subprocess.run(
+        ["sha256sum", "-c", f"{release.name}.sha256"], cwd=release.parent, capture_output=True
+    )
+    assert check.returncode == 0, check.stdout
+    unpacked = tmp_path / "release"
+    unpacked.mkdir()
+    subprocess.run(
+        ["tar", "-xzf", str(release), "-C", str(unpacked), "--strip-components=1"], check=True
+    )
+    wheels = sorted(p.name for p in (unpacked / "wheelhouse").glob("*.whl"))
+    lock = (unpacked / "requirements.lock").read_text().splitlines()
+    pinned = [line for line in lock if not line.startswith("#")]
+    assert len(pinned) == len(wheels) and all(" --hash=sha256:" in line for line in pinned)
+    assert any(line.startswith("babel-actors==") for line in pinned)
+    assert any(line.startswith("coredis==") for line in pinned), "the extra's dependencies"
+    assert not (unpacked / ".git").exists() and (unpacked / "deploy/install.sh").exists()
+
+    venv = tmp_path / "venv"
+    # Only what the release holds: not this checkout (the tests' PYTHONPATH).
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = {**clean, "BABEL_VENV": str(venv), "BABEL_ETC": str(tmp_path / "etc"),
+           "DOMAIN": "live.example.org",
+           # Nothing may come from an index: this one does not answer.
+           "PIP_INDEX_URL": "http://127.0.0.1:9/simple"}  # fmt: skip
+    install = ["bash", "-c", 'set -euo pipefail; . "$1"; install_venv', "-",
+               str(unpacked / "deploy/install.sh")]  # fmt: skip
+    for _ in ("install", "upgrade"):
+        result = subprocess.run(
+            install, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert not Path(f"{venv}.old").exists()
+    run = subprocess.run(
+        [str(venv / "bin/python"), "-c",
+         "import pathlib, babel_actors, coredis; print(pathlib.Path(babel_actors.__file__))"],
+        capture_output=True, text=True, env=clean, cwd=tmp_path,
+    )  # fmt: skip
+    package = Path(run.stdout.strip()).parent
+    assert package.is_relative_to(venv), run.stdout + run.stderr
+    assert (package / "web/index.html").is_file(), "the web client is in the wheel"
+    help_ = subprocess.run(
+        [str(venv / "bin/babel-actors"), "serve", "--help"],
+        capture_output=True, env=clean, cwd=tmp_path,
+    )  # fmt: skip
+    assert help_.returncode == 0
