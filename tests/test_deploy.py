@@ -619,7 +619,7 @@ def test_the_instance_role_reads_only_this_stacks_settings() -> None:
         "parameter/babel-actors/${AWS::StackName}" in r["Fn::Sub"] for r in settings["Resource"]
     )
     wildcard = sorted(sid for sid, st in by_sid.items() if st["Resource"] == "*")
-    assert wildcard == ["SessionManager", "ShipHostMetrics"], "APIs without resource ARNs"
+    assert wildcard == ["ShipHostMetrics", "SystemsManagerAgent"], "APIs without resource ARNs"
     assert by_sid["ShipHostMetrics"]["Condition"] == {
         "StringEquals": {"cloudwatch:namespace": "BabelActors"}
     }
