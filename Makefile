@@ -22,7 +22,7 @@ CHECKOV := BC_SKIP_MAPPING=TRUE $(CHECKOV_VENV)/bin/checkov -f deploy/cloudforma
 # The embedded engines: Apertium pairs for translation; the Python side brings Whisper.
 RUN_DEBS := python3-venv apertium apertium-eng-spa apertium-eng-cat apertium-en-gl apertium-eo-en
 # Speech for the tests (Festival's HTS voice, espeak-ng, sox).
-TEST_DEBS := festival festvox-us-slt-hts espeak-ng sox chromium fonts-dejavu-core nginx openssl systemd cloud-init shellcheck redis-server
+TEST_DEBS := festival festvox-us-slt-hts espeak-ng sox chromium fonts-dejavu-core nginx openssl systemd cloud-init shellcheck redis-server rsyslog logrotate
 
 .PHONY: run test lint deps-run deps-test venv venv-run venv-test venv-checkov clean
 

@@ -780,6 +780,27 @@ def test_systemd_unit_is_hardened(tmp_path: Path) -> None:
     assert int(stop[1]) > int(grace[1]) + 5, "systemd must not kill the server while it drains"
 
 
+@pytest.mark.skipif(
+    shutil.which("rsyslogd") is None or shutil.which("logrotate") is None,
+    reason="rsyslog and logrotate are not installed (make test installs them with apt)",
+)
+def test_the_journald_to_file_rule_and_its_rotation_pass_their_tools(tmp_path: Path) -> None:
+    rule = DEPLOY / "rsyslog/30-babel-actors.conf"
+    result = subprocess.run(["rsyslogd", "-N1", "-f", str(rule)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "/var/log/babel-actors/server.log" in rule.read_text()
+    rotation = DEPLOY / "rsyslog/babel-actors.logrotate"
+    rotate = subprocess.run(
+        ["logrotate", "-d", "-s", str(tmp_path / "state"), str(rotation)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert rotate.returncode == 0 and "error" not in rotate.stderr.lower(), rotate.stderr
+    agent = json.loads((DEPLOY / "cloudwatch/agent.json.in").read_text())
+    shipped = {f["file_path"] for f in agent["logs"]["logs_collected"]["files"]["collect_list"]}
+    assert {"/var/log/babel-actors/server.log", "/var/log/nginx/babel-actors.access.log",
+            "/var/log/nginx/babel-actors.error.log"} <= shipped  # fmt: skip
+
+
 needs_shellcheck = pytest.mark.skipif(
     shutil.which("shellcheck") is None,
     reason="shellcheck is not installed (make test installs it with apt)",
