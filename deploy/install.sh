@@ -14,7 +14,7 @@ SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ETC=${BABEL_ETC:-/etc/babel-actors}
 VENV=${BABEL_VENV:-/opt/babel-actors/venv}
 SELF_SIGNED_DIR=$ETC/tls
-ACME_ROOT=/var/www/letsencrypt
+ACME_ROOT=${BABEL_ACME_ROOT:-/var/www/letsencrypt}
 
 # shellcheck disable=SC1091
 [[ -r $ETC/deploy.env ]] && . "$ETC/deploy.env"

@@ -500,6 +500,40 @@ async def test_a_502_leaves_no_token_or_key_in_nginx_logs(tmp_path: Path, cert: 
         assert HOST_TOKEN not in text and API_KEY not in text, name
 
 
+@needs_nginx
+@pytest.mark.skipif(os.geteuid() != 0, reason="install.sh runs as root")
+async def test_lets_encrypt_is_asked_only_once_the_domain_reaches_this_nginx(
+    tmp_path: Path, cert: Cert
+) -> None:
+    """install.sh's probe: a nonce in the ACME root, fetched through DOMAIN. When DOMAIN
+    leads elsewhere (here: to an nginx serving another directory), wait_for_dns gives
+    up after DNS_WAIT_S; lets_encrypt runs certbot only when it did not."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    probe = 'set -euo pipefail; . "$1"; "$2"'
+    with trio.fail_after(30):
+        async with (
+            running_server(Config(port=0)) as server,
+            running_nginx(tmp_path / "nginx", cert, [server]) as proxy,
+        ):
+
+            async def install_sh(step: str, acme_root: Path) -> int:
+                env = {**os.environ, "DOMAIN": f"127.0.0.1:{proxy.http_port}",
+                       "BABEL_ACME_ROOT": str(acme_root), "BABEL_ETC": str(tmp_path / "etc"),
+                       "DNS_WAIT_S": "0"}  # fmt: skip
+                done = await trio.run_process(
+                    ["bash", "-c", probe, "-", str(DEPLOY / "install.sh"), step],
+                    env=env, check=False, capture_stderr=True,
+                )  # fmt: skip
+                return done.returncode
+
+            here = await install_sh("domain_reaches_here", proxy.acme_root)
+            not_here = await install_sh("domain_reaches_here", elsewhere)
+            waited = await install_sh("wait_for_dns", elsewhere)
+    assert (here, not_here, waited) == (0, 1, 1)
+    assert list((proxy.acme_root / ".well-known/acme-challenge").iterdir()) == [], "cleaned up"
+
+
 def test_render_refuses_values_nginx_would_misread() -> None:
     base = ["--server-name", "live.example.org"]
     assert render.main([*base, "--backend", "127.0.0.1:8081; evil"]) == 2
