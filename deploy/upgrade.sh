@@ -14,6 +14,8 @@ version=${1:?usage: babel-actors-upgrade VERSION}
 [[ $(id -u) -eq 0 ]] || { echo "run as root" >&2; exit 1; }
 
 current=$(sed -n 's/^RELEASE_URL=//p' "$ETC/deploy.env")
+region=$(sed -n 's/^AWS_REGION=//p' "$ETC/deploy.env")
+[[ -z $region ]] || export AWS_DEFAULT_REGION=$region
 [[ $current == */babel-actors-*.tar.gz ]] || { echo "no RELEASE_URL in $ETC/deploy.env" >&2; exit 1; }
 base=$(dirname "$(dirname "$current")")
 url=$base/$version/babel-actors-$version.tar.gz
