@@ -52,6 +52,7 @@ from bench.common import (
 from bench.frames import json_frame
 from bench.load import Collected, Run
 from bench.loadgen import HostPlan, PeerSpec
+from bench.profile import sampled, summary
 from bench.report import (
     Contention,
     at_most,
@@ -420,6 +421,11 @@ def _one(
     script: Script,
     plan: HostPlan,
 ) -> dict[str, Any]:
+    profile_out = (
+        Path(args.out).with_name(f"{Path(args.out).stem}-profile-{count}.txt")
+        if args.profile
+        else None
+    )
     session = server.start_session()
     time.sleep(0.2)
     base = server.usage()
@@ -448,7 +454,8 @@ def _one(
         t0 = load.go()
         time.sleep(max(0.0, t0 - time.time()))
         before, emulators_before = server.usage(), cloud.usage()
-        load.streamed(len(plan.frames) * plan.chunk_s + 60)
+        with sampled(server.pid, profile_out):
+            load.streamed(len(plan.frames) * plan.chunk_s + 60)
         after, emulators_after = server.usage(), cloud.usage()
         collected = load.finish({0: script.timeline.last_final.index}, 15.0)
         samples = sampler.stop()
@@ -475,6 +482,8 @@ def _one(
         ),
         "server_stages": [s["stages"] if s else None for s in stats],
     }
+    if profile_out is not None:
+        result["profile"] = summary(profile_out)
     result["machine_cpu"] = contention.result(
         usage.get("cpu_s"), result["load"]["run_cpu_s"] + (emulators_after - emulators_before)
     )

@@ -70,6 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser, *, scenario: str) -> None:
         )
     if scenario == "fanout":
         parser.add_argument(
+            "--profile",
+            action="store_true",
+            help="cloud only: sample the server with py-spy while captions flow; the raw "
+            "stacks go beside the report (OUT-profile-N.txt), a summary into it",
+        )
+        parser.add_argument(
             "--wpm",
             type=float,
             default=150.0,

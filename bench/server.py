@@ -57,6 +57,11 @@ class Server:
     def spawned(self) -> bool:
         return self.process is not None
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id, when the bench started it."""
+        return None if self.process is None else self.process.pid
+
     # --- HTTP ------------------------------------------------------------------
 
     def request(self, method: str, path: str, body: Any = None, *, url: int = 0) -> Any:
