@@ -152,3 +152,25 @@ async def test_a_final_queued_behind_partials_is_delivered_before_them() -> None
             await inbox_send.aclose()
             nursery.start_soon(partial(run_broadcaster, inbox_receive, deliver=deliver))
     assert deliver.given == [queued[2]]
+
+
+async def test_a_final_that_comes_between_two_partials_goes_out_before_the_second() -> None:
+    inbox_send, inbox_receive = trio.open_memory_channel[Rendered](8)
+    final = rendered(2, "fr")
+    partials = [rendered(3, "fr", partial=True), rendered(3, "de", partial=True)]
+
+    class FinalArrives(Deliveries):
+        def __call__(self, item: Rendered) -> int:
+            if item is partials[0]:
+                inbox_send.send_nowait(final)  # it comes while fr's partial fans out
+            return super().__call__(item)
+
+    deliver = FinalArrives({"fr": 1, "de": 1})
+    for item in partials:
+        inbox_send.send_nowait(item)
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(run_broadcaster, inbox_receive, deliver=deliver))
+            await trio.testing.wait_all_tasks_blocked()
+            await inbox_send.aclose()
+    assert deliver.given == [partials[0], final, partials[1]]

@@ -25,8 +25,9 @@ async def run_broadcaster(
     people it reached.
 
     Order: captions that queued up while one was being delivered go out finals first,
-    then only the newest partial per language (``finals_first``): under load a final
-    never waits behind partials that are already stale.
+    then only the newest partial per language (``finals_first``), and between two
+    partials the actor yields and takes any final that came meanwhile first: under load
+    a final waits behind one partial's fan-out at most.
     Backpressure: none upstream; delivery never waits on a member. Each member queues
     what its socket cannot take yet: partials coalesce (latest wins), finals are kept,
     and a member owing more than its limit is told and disconnected (it can resume with
@@ -41,12 +42,19 @@ async def run_broadcaster(
     async with inbox:
         task_status.started()
         async for rendered in inbox:
-            for caption in finals_first([rendered, *_waiting(inbox)]):
+            queued = finals_first([rendered, *_waiting(inbox)])
+            while queued:
+                caption = queued.pop(0)
                 reached = deliver(caption)
                 if metrics is not None:
                     metrics.delivered(caption.caption, reached)
                 if stages is not None:
                     stages.record(caption.caption, trio.current_time())
+                if queued and caption.caption.segment.is_partial:
+                    # Let a final on its way (its translation, its hand-off) move on,
+                    # and take it ahead of the partials left.
+                    await trio.lowlevel.checkpoint()
+                    queued = finals_first([*queued, *_waiting(inbox)])
 
 
 def _waiting(inbox: trio.MemoryReceiveChannel[Rendered]) -> list[Rendered]:
