@@ -27,7 +27,7 @@ from helpers import checked
 from raw_http import connect_raw, rss_bytes, send_all
 from trio.testing import MockClock
 
-from babel_actors.server.websocket import FRAME_COST
+from babel_actors.server.websocket import EVENTS_PER_STEP, FRAME_COST
 from babel_actors.testing import running_server
 
 TIMEOUT_S = 60
@@ -37,6 +37,8 @@ BACKLOG = 64 << 10
 PING_FLOOD_BYTES = 12 << 20
 """Ping frames (125-byte payloads) a client sends without reading: before the fix each
 one's pong stayed queued, some 400 bytes of memory apiece, ~37 MB in all."""
+TINY_PINGS = 6400
+"""Empty ping frames in one write: 38 KB, one read for the server."""
 EMPTY_FRAGMENTS = 1_000_000
 """Empty continuation frames of one message: 6 MB on the wire."""
 RSS_GROWTH_LIMIT = 16 << 20
@@ -192,3 +194,34 @@ async def test_a_fragmented_message_counts_its_frames_against_the_limit(
     else:
         assert closed == code
         assert [(m["type"], m["code"], m["closing"]) for m in answers] == [("error", code, True)]
+
+
+class ConnectionSteps(trio.abc.Instrument):
+    """Counts the steps of the tasks that read connections (``_serve_contained``)."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith("_serve_contained"):
+            self.steps += 1
+
+
+async def test_thousands_of_frames_in_one_read_are_handled_taking_turns() -> None:
+    """Issue 15: no unbounded work per read without a checkpoint. One read of tiny
+    frames is handled ``EVENTS_PER_STEP`` at a time, so other sessions run between."""
+    counter = ConnectionSteps()
+    with trio.fail_after(TIMEOUT_S):
+        async with running_server(config(), stt=scripted()) as server:
+            peer = await RawPeer.open(server.port)
+            with peer.sock:
+                await trio.testing.wait_all_tasks_blocked()
+                trio.lowlevel.add_instrument(counter)
+                try:
+                    await send_all(peer.sock, masked_frame(OP_PING, b"") * TINY_PINGS)
+                    await send_all(peer.sock, masked_frame(0x8, b"\x03\xe8"))
+                    _, code, pongs = await peer.until_close()
+                finally:
+                    trio.lowlevel.remove_instrument(counter)
+    assert (code, pongs) == (1000, TINY_PINGS)
+    assert counter.steps >= TINY_PINGS // EVENTS_PER_STEP

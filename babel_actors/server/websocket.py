@@ -36,6 +36,9 @@ from babel_actors.wire.server import close_frame, error_message, message_frame
 log = logging.getLogger(__name__)
 
 _GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+EVENTS_PER_STEP = 64
+"""Frames handled between two checkpoints: one read (64 KB) can hold ~10,000 tiny
+frames, and handling them all at once would stall every session meanwhile."""
 FRAME_COST = 6
 """Bytes each frame of a message counts against ``max_message_bytes`` besides its
 payload: the smallest header a client frame has (2 bytes and a 4-byte mask)."""
@@ -144,7 +147,9 @@ class WebSocketPeer:
         limit = self.config.max_message_bytes
         most_frames = self.config.max_message_fragments
         while True:
-            for event in self._events():
+            for count, event in enumerate(self._events(), 1):
+                if count % EVENTS_PER_STEP == 0:
+                    await trio.lowlevel.checkpoint()
                 if isinstance(event, ws_events.Message):
                     size += _byte_length(event.data)
                     if event.frame_finished:
