@@ -259,6 +259,9 @@ class Config:
     """Client-side limit on requests (0: none)."""
     openai_tokens_per_minute: int = 30000
     """Client-side limit on tokens, prompt and reply (0: none)."""
+    openai_rate_burst_s: float = 1.0
+    """Seconds of the per-minute allowances that may go at once: OpenAI enforces its
+    limits over short periods too, so a minute's allowance is not sent in a burst."""
     openai_max_output_tokens: int = 400
     """Most tokens of each reply; the rate limiter reserves them with the prompt."""
     openai_token_field: str = "max_completion_tokens"
