@@ -306,3 +306,17 @@ async def test_a_long_utterance_warns_once_that_it_outgrew_the_replay_tape(
     assert finals(results) == [long]
     warned = [r for r in caplog.records if "no longer be replayed" in r.getMessage()]
     assert len(warned) == 1
+
+
+async def test_the_breaker_passes_load_on_so_serve_asks_google_at_start() -> None:
+    emulator = SpeechEmulator(locales=["en-US"])
+    with trio.fail_after(DEADLINE_S):
+        async with running_speech_emulator(emulator) as running:
+            google = GoogleSpeechToText(google_config(running))
+            stt = BreakerSpeechToText(google, failures=5, reset_s=30)
+            try:
+                await stt.load()
+            finally:
+                await stt.aclose()
+    assert google.locales.source == "Locations API"
+    assert stt.languages() == frozenset({"en", "en-US"})
