@@ -320,3 +320,17 @@ async def test_the_breaker_passes_load_on_so_serve_asks_google_at_start() -> Non
                 await stt.aclose()
     assert google.locales.source == "Locations API"
     assert stt.languages() == frozenset({"en", "en-US"})
+
+
+async def test_chirp_like_sparse_interim_results_and_longer_endpointing_lose_nothing() -> None:
+    codec = WordCodec()
+    emulator = SpeechEmulator(codec, endpoint_s=0.8, interim_every_words=3)
+    with trio.fail_after(DEADLINE_S):
+        async with running_speech_emulator(emulator) as running:
+            async with google_engine(google_config(running)) as engine:
+                results = await recognise(engine, spoken(codec, *SENTENCES, pause_s=1.0))
+    assert finals(results) == SENTENCES
+    partials = [r.text for r in results if not r.is_final]
+    assert all(len(p.split()) % 3 == 0 for p in partials), "one interim result per 3 words"
+    [stream] = running.streams
+    assert stream.outcome == "completed"
