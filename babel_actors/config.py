@@ -247,6 +247,15 @@ class Config:
     """Boost of glossary phrases in the inline phrase set (0 sends no adaptation)."""
     google_cancel_grace_s: float = 2.0
     """How long a cancelled stream waits for its gRPC call to end on the bridge thread."""
+    google_replay_speed: float = 1.5
+    """A stream is sent audio at most this many times faster than real time (Google
+    wants about real time), so a replay after a reconnect is paced; 0: no pacing."""
+    google_pace_burst_s: float = 1.0
+    """Audio a new stream may be sent at once before pacing applies."""
+    google_request_s: float = 0.1
+    """Audio in one request (Google recommends about 100 ms; at most 15 KB)."""
+    google_locations_timeout_s: float = 10.0
+    """Longest wait at start-up for the Locations API's list of locales."""
 
     openai_model: str = "gpt-4o"
     """Chat model for the ``openai`` translator."""
@@ -267,8 +276,15 @@ class Config:
     """Client-side limit on requests (0: none)."""
     openai_tokens_per_minute: int = 30000
     """Client-side limit on tokens, prompt and reply (0: none)."""
+    openai_rate_burst_s: float = 1.0
+    """Seconds of the per-minute allowances that may go at once: OpenAI enforces its
+    limits over short periods too, so a minute's allowance is not sent in a burst."""
     openai_max_output_tokens: int = 400
-    """``max_tokens`` of each reply."""
+    """Most tokens of each reply; the rate limiter reserves them with the prompt."""
+    openai_token_field: str = "max_completion_tokens"
+    """The request field that carries ``openai_max_output_tokens``: OpenAI's
+    ``max_completion_tokens`` (reasoning models refuse ``max_tokens``), or
+    ``max_tokens`` for compatible servers that know only that."""
     openai_temperature: float = 0.0
     """Sampling temperature; negative leaves it to the server's default."""
 

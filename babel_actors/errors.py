@@ -39,6 +39,11 @@ class EngineError(BabelError):
     """A speech or translation engine failed; the session goes on without its result."""
 
 
+class RequestRefused(EngineError):
+    """The provider answered and refused this one request (a locale or setting it does
+    not take): the provider is up, so circuit breakers do not count it."""
+
+
 class EngineUnavailable(EngineError):
     """An engine cannot be used at all here (not installed, no model, no key)."""
 

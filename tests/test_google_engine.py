@@ -244,7 +244,7 @@ async def test_a_model_refusing_phrase_sets_recognises_without_them() -> None:
         async with running_speech_emulator(emulator) as running:
             async with google_engine(google_config(running)) as engine:
                 results = await recognise(engine, spoken(codec, SENTENCES[0]), glossary)
-                assert not engine.adaptation_accepted
+                assert engine.no_adaptation == {("chirp_3", "en-US")}
     assert finals(results) == [SENTENCES[0]]
     first, second = (s.config for s in running.streams)
     assert first is not None and second is not None

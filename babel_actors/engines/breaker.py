@@ -8,11 +8,14 @@ trial call goes through (*half-open*): its success closes the circuit, its failu
 opens it again. Listeners get what they would get on a failure (the source text,
 flagged, or a 503 ``error``), only sooner, and the provider is spared the load.
 
-What counts as a failure: ``EngineError`` (``TranslationFailed`` included) and a
-call cancelled once the deadline it was given has passed (the translator actor's
-``translate_timeout_s``). What does not: ``UnsupportedLanguage`` (the engine
-answered), the caller's own cancellation (a session ending, a server shutting down)
-and any other exception (a bug, not an outage): such calls leave no verdict.
+What counts as a failure: an ``EngineError`` that says the provider is down or will
+not serve us (unavailable, timed out, refused our credentials; ``TranslationFailed``
+included) and a call cancelled once the deadline it was given has passed (the
+translator actor's ``translate_timeout_s``). What does not: ``RequestRefused`` and
+``UnsupportedLanguage`` (the provider answered; one session's bad locale or setting
+must not lock every session out), the caller's own cancellation (a session ending, a
+server shutting down) and any other exception (a bug, not an outage): such calls
+leave no verdict.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import attrs
 import trio
 
 from babel_actors.engines.base import SpeechToText, Translator, optional_keywords
-from babel_actors.errors import EngineError, TranslationFailed
+from babel_actors.errors import EngineError, RequestRefused, TranslationFailed
 from babel_actors.events import AudioEvent, SttResult
 from babel_actors.glossary import Glossary
 
@@ -180,7 +183,7 @@ class _Call:
 def _failure(error: BaseException) -> bool:
     if isinstance(error, BaseExceptionGroup):
         return all(_failure(e) for e in error.exceptions)
-    return isinstance(error, EngineError)
+    return isinstance(error, EngineError) and not isinstance(error, RequestRefused)
 
 
 def _cancellation(error: BaseException) -> bool:
@@ -290,6 +293,12 @@ class BreakerSpeechToText:
 
     def languages(self) -> frozenset[str]:
         return self.engine.languages()
+
+    async def load(self) -> None:
+        """The engine's start-up work (its list of languages), when it has any."""
+        load = getattr(self.engine, "load", None)
+        if load is not None:
+            await load()
 
     async def transcribe(
         self,

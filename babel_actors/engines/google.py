@@ -7,7 +7,12 @@ at any moment: the new one replays what no final covers yet, and since Google re
 where each final ends (``result_end_offset``), no word is sent to be recognised twice
 and none is skipped. Streams are replaced near Google's five-minute limit (at an
 utterance boundary when one comes), when Google ends one (ABORTED, UNAVAILABLE,
-DEADLINE_EXCEEDED, ...), and after a gap in the audio.
+DEADLINE_EXCEEDED, UNKNOWN ...), and after a gap in the audio. Replays are paced
+(``google_replay_speed`` times real time), as Google wants audio at about real time.
+
+The locales come from Google's Locations API at ``load`` (``google_locales``); a
+request Google refuses (a locale, a setting) raises ``RequestRefused``, which circuit
+breakers do not count: only an outage does.
 """
 
 from __future__ import annotations
@@ -22,17 +27,25 @@ from google.api_core.exceptions import GoogleAPICallError
 
 from babel_actors.config import Config
 from babel_actors.engines.google_client import (
-    GOOGLE_LANGUAGES,
     StreamInterrupted,
     default_credentials,
+    fetch_locations_metadata,
     make_client,
     map_error,
     mapped_errors,
+    names_adaptation,
     streaming_request,
 )
+from babel_actors.engines.google_locales import FALLBACK_LOCALES, LocaleTable
 from babel_actors.engines.google_tape import ReplayTape
 from babel_actors.engines.grpc_bridge import AsyncioThread, BridgedStream
-from babel_actors.errors import EngineError, EngineUnavailable, UnsupportedLanguage
+from babel_actors.errors import (
+    ConfigError,
+    EngineError,
+    EngineUnavailable,
+    RequestRefused,
+    UnsupportedLanguage,
+)
 from babel_actors.events import AudioEvent, AudioFrame, SttResult
 from babel_actors.glossary import Glossary
 
@@ -53,6 +66,12 @@ class GoogleSpeechToText:
     name = "google"
 
     def __init__(self, config: Config) -> None:
+        """Raises ``ConfigError`` for a location that serves no Chirp model (``global``)."""
+        if config.google_model.startswith("chirp") and config.google_location == "global":
+            raise ConfigError(
+                f"Google serves {config.google_model} in regional locations only (us, eu,"
+                " asia-southeast1, ...), not global: set BABEL_GOOGLE_LOCATION"
+            )
         self._config = config
         self.sample_rate = config.google_sample_rate
         self._bridge = AsyncioThread(
@@ -62,8 +81,12 @@ class GoogleSpeechToText:
         self._client: Any = None
         self._project = config.google_project
         self.model = config.google_model
-        self.adaptation_accepted = True
-        """False once Google refused the glossary's phrase set for this model."""
+        self.no_adaptation: set[tuple[str, str]] = set()
+        """(model, locale) pairs for which Google refused the glossary's phrase set."""
+        self.locales = LocaleTable(FALLBACK_LOCALES, source="fallback")
+        """The locales Google takes for the model here; the Locations API's after ``load``."""
+        self._refused: dict[str, str] = {}
+        """Why Google refused a language, by the tag sessions ask for."""
         location = config.google_location
         self.endpoint = config.google_endpoint or (
             "speech.googleapis.com" if location == "global" else f"{location}-speech.googleapis.com"
@@ -75,7 +98,32 @@ class GoogleSpeechToText:
         return self._bridge
 
     def languages(self) -> frozenset[str]:
-        return frozenset(GOOGLE_LANGUAGES) | frozenset(GOOGLE_LANGUAGES.values())
+        return self.locales.languages()
+
+    async def load(self) -> None:
+        """Ask the Locations API which locales the model takes here, once, at start-up.
+
+        Error handling: any failure (no credentials, no answer within
+        ``google_locations_timeout_s``, a refusal) is logged and the fallback table
+        kept; the first stream then reports what is wrong.
+        """
+        name = f"projects/{self._project or '-'}/locations/{self._config.google_location}"
+        try:
+            client = await self._connected()
+            name = f"projects/{self._project}/locations/{self._config.google_location}"
+            with mapped_errors():
+                metadata = await self._bridge.run(
+                    fetch_locations_metadata, client, name, self._config.google_locations_timeout_s
+                )
+        except EngineError as exc:
+            log.warning("google: cannot list the locales of %s (%s); using the fallback", name, exc)
+            return
+        table = LocaleTable.from_metadata(metadata, self.model)
+        if not table.locales:
+            log.warning("google: %s lists no locale for %s; using the fallback", name, self.model)
+            return
+        self.locales = table
+        log.info("google: %s takes %d locales in %s", self.model, len(table.locales), name)
 
     def recognizer(self) -> str:
         return f"projects/{self._project}/locations/{self._config.google_location}/recognizers/_"
@@ -107,17 +155,22 @@ class GoogleSpeechToText:
         replaces them).
         Cancellation: ends the gRPC call at once and waits, shielded, at most
         ``google_cancel_grace_s`` for its task on the bridge thread to end.
-        Error handling: a stream Google ends (ABORTED, UNAVAILABLE, ...) is replaced at
-        once, then with backoff; after ``google_outage_s`` of failures ``EngineError``
-        is raised (the STT actor reports it and calls again). Bad settings raise
-        ``EngineError`` and missing credentials ``EngineUnavailable`` at once; never a
-        grpc or google exception.
+        Error handling: a stream Google ends (ABORTED, UNAVAILABLE, UNKNOWN, ...) is
+        replaced, tape kept, at once and then with backoff that only a stream that
+        settled audio resets; after ``google_outage_s`` of failures ``EngineError`` is
+        raised (the STT actor reports it and calls again). A request Google refuses
+        raises ``RequestRefused`` at once (a refused locale is struck from
+        ``languages()``, and later calls for it raise without asking Google); a phrase
+        set it refuses is dropped for that (model, locale) and the stream reopened.
+        Missing credentials raise ``EngineUnavailable``; never a grpc or google exception.
         """
         locale = self._locale(language)
         client = await self._connected()
         config = self._config
         tape = ReplayTape(round(config.google_max_replay_s * self.sample_rate))
-        recognition = _Recognition(self, client, tape, results, locale, glossary or Glossary())
+        recognition = _Recognition(
+            self, client, tape, results, language, locale, glossary or Glossary()
+        )
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(recognition.read_audio, audio)
@@ -129,11 +182,24 @@ class GoogleSpeechToText:
             raise
 
     def _locale(self, language: str) -> str:
-        if "-" in language and language.split("-")[0] in GOOGLE_LANGUAGES:
-            return language
-        if language not in GOOGLE_LANGUAGES:
-            raise UnsupportedLanguage(self.name, language, self.languages())
-        return GOOGLE_LANGUAGES[language]
+        locale = self.locales.resolve(language)
+        if locale is not None:
+            return locale
+        refused = self._refused.get(language)
+        if refused is not None:
+            raise RequestRefused(refused)
+        raise UnsupportedLanguage(self.name, language, self.languages())
+
+    def refuse_locale(self, language: str, locale: str, why: str) -> RequestRefused:
+        """Strike ``locale`` from the table after Google refused it; the error to raise."""
+        self.locales = self.locales.without(locale)
+        message = (
+            f"Google Speech-to-Text does not take {locale} ({language!r}) with"
+            f" {self.model} in {self._config.google_location}: {why}"
+        )
+        self._refused[language] = message
+        log.warning("google: %s", message)
+        return RequestRefused(message)
 
     async def _connected(self) -> Any:
         async with self._connecting:
@@ -142,6 +208,14 @@ class GoogleSpeechToText:
                 if not self._config.google_insecure:
                     credentials, project = await trio.to_thread.run_sync(default_credentials)
                     self._project = self._project or project or ""
+                    if (
+                        self._project
+                        and hasattr(credentials, "with_quota_project")
+                        and not getattr(credentials, "quota_project_id", None)
+                    ):
+                        # User credentials (gcloud auth application-default login) are
+                        # refused without a project to bill the quota to.
+                        credentials = credentials.with_quota_project(self._project)
                 if not self._project:
                     raise EngineUnavailable(
                         "Google Speech-to-Text needs a project: set GOOGLE_CLOUD_PROJECT"
@@ -158,7 +232,7 @@ class GoogleSpeechToText:
             recognizer=self.recognizer(),
             locale=locale,
             glossary=glossary,
-            adaptation=self.adaptation_accepted,
+            adaptation=(self.model, locale) not in self.no_adaptation,
         )
 
 
@@ -171,10 +245,12 @@ class _Recognition:
         client: Any,
         tape: ReplayTape,
         results: trio.MemorySendChannel[SttResult],
+        language: str,
         locale: str,
         glossary: Glossary,
     ) -> None:
         self._engine = engine
+        self._language = language
         self._config = engine._config
         self._rate = engine.sample_rate
         self._client = client
@@ -183,6 +259,8 @@ class _Recognition:
         self._locale = locale
         self._glossary = glossary
         self._changed = trio.Event()
+        self._overflowing = False
+        """Whether the tape is past ``google_max_replay_s`` without a final (warned once)."""
 
     def _notify(self) -> None:
         self._changed.set()
@@ -195,15 +273,24 @@ class _Recognition:
                     raise EngineError(
                         f"google wants {self._rate} Hz audio, got {event.sample_rate}"
                     )
-                dropped = self._tape.dropped
+                covered = self._tape.covered
                 self._tape.append(event.pcm)
-                if self._tape.dropped > dropped:
-                    log.warning("google: tape full, unrecognised audio dropped")
+                self._note_overflow(self._tape.covered > covered)
             else:
                 self._tape.cut()
             self._notify()
         self._tape.closed = True
         self._notify()
+
+    def _note_overflow(self, overflowing: bool) -> None:
+        # The audio was sent, most likely; it only can no longer be replayed. Once per
+        # stretch without a final, not once per frame.
+        if overflowing and not self._overflowing:
+            log.warning(
+                "google: no final for over %g s; older audio can no longer be replayed",
+                self._config.google_max_replay_s,
+            )
+        self._overflowing = overflowing
 
     async def run(self) -> None:
         """Open streams while there is audio to recognise, until the tape closes."""
@@ -220,7 +307,8 @@ class _Recognition:
                 await stream.run()
                 failures, failing_since = 0, None
             except StreamInterrupted as exc:
-                if stream.answered:
+                if self._tape.covered > stream.origin:
+                    # It settled audio: a replay now is new work, not the same again.
                     failures, failing_since = 0, None
                 now = trio.current_time()
                 failing_since = now if failing_since is None else failing_since
@@ -263,13 +351,20 @@ class _Stream:
         first = engine.streaming_config(r._locale, r._glossary)
         try:
             await self._exchange(first)
-        except EngineError as exc:
-            refused = "INVALID_ARGUMENT" in str(exc) and not self.answered
-            if refused and "adaptation" in first.streaming_config.config:
+        except RequestRefused as exc:
+            if self.answered:
+                raise
+            if "adaptation" in first.streaming_config.config and names_adaptation(str(exc)):
                 # Not every model takes phrase sets: recognise without rather than not at all.
-                log.warning("google: %s refused the phrase set; going on without", engine.model)
-                engine.adaptation_accepted = False
+                log.warning(
+                    "google: %s refused the phrase set for %s; going on without",
+                    engine.model,
+                    r._locale,
+                )
+                engine.no_adaptation.add((engine.model, r._locale))
                 raise StreamInterrupted(str(exc)) from exc
+            if r._locale in str(exc) or "language" in str(exc).lower():
+                raise engine.refuse_locale(r._language, r._locale, str(exc)) from exc
             raise
 
     async def _exchange(self, first: Any) -> None:
@@ -293,6 +388,9 @@ class _Stream:
         from google.cloud.speech_v2.types import cloud_speech as speech
 
         r, tape, config = self._r, self._r._tape, self._r._config
+        request_samples = min(
+            MAX_AUDIO_BYTES // 2, max(1, round(config.google_request_s * r._rate))
+        )
         while not self._seam:
             if self.sent < tape.base:
                 raise StreamInterrupted("the tape dropped audio this stream had not sent yet")
@@ -305,8 +403,11 @@ class _Stream:
                 window = round(config.google_seam_window_s * r._rate)
                 stop = tape.quiet_point(self._limit - window, self._limit, r._rate // 100)
                 stop = max(stop, self.sent)
-            while self.sent < stop:
-                chunk = tape.read(self.sent, stop, MAX_AUDIO_BYTES)
+            while self.sent < stop and not done.is_set():
+                await self._pace(min(stop - self.sent, request_samples))
+                if self.sent < tape.base:
+                    raise StreamInterrupted("the tape dropped audio this stream had not sent yet")
+                chunk = tape.read(self.sent, stop, 2 * request_samples)
                 await call.send(speech.StreamingRecognizeRequest(audio=chunk))
                 self.sent += len(chunk) // 2
             if (
@@ -317,6 +418,8 @@ class _Stream:
                 or done.is_set()
             ):
                 break
+            if tape.next_stop(self.sent) > self.sent:
+                continue  # more audio came while this stream was paced
             deadline = min(
                 self._opened_at + config.google_rollover_s,
                 trio.current_time() + config.google_idle_s,
@@ -340,6 +443,19 @@ class _Stream:
         # Google has answered for every sample it got: what no final covers holds no words.
         tape.cover(self.sent)
         r._notify()
+
+    async def _pace(self, samples: int) -> None:
+        """Wait until ``samples`` more keep the stream within ``google_replay_speed``
+        times real time (after ``google_pace_burst_s`` sent at once): live audio never
+        waits here, a replay does."""
+        config = self._r._config
+        speed = config.google_replay_speed
+        if speed <= 0:
+            return
+        ahead_s = (self.sent + samples - self.origin) / self._r._rate - config.google_pace_burst_s
+        due = self._opened_at + max(0.0, ahead_s) / speed
+        if due > trio.current_time():
+            await trio.sleep_until(due)
 
     async def _read(self, call: BridgedStream[Any, Any], done: trio.Event) -> None:
         r, config = self._r, self._r._config

@@ -16,7 +16,7 @@ import grpc
 from google.api_core.exceptions import GoogleAPICallError
 
 from babel_actors.config import Config
-from babel_actors.errors import EngineError, EngineUnavailable
+from babel_actors.errors import EngineError, EngineUnavailable, RequestRefused
 from babel_actors.glossary import MAX_PHRASE_CHARS, Glossary
 
 _SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
@@ -32,31 +32,21 @@ _RETRIABLE = frozenset(
         grpc.StatusCode.INTERNAL,
         grpc.StatusCode.CANCELLED,
         grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNKNOWN,
     }
 )
 """Codes a new stream may cure: the five-minute limit, restarts, overload, audio
-timeouts. Anything else (bad config, no permission) is raised at once."""
+timeouts, and UNKNOWN, which is how a dropped HTTP/2 stream surfaces ("Stream removed",
+RST_STREAM, a proxy's 408). Anything else (bad config, no permission) is raised at once."""
+_REFUSED = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+)
+"""Codes of a request Google answered and refused: the service is up."""
 _UNAUTHORISED = frozenset({grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED})
-
-GOOGLE_LANGUAGES = {
-    "af": "af-ZA", "am": "am-ET", "ar": "ar-EG", "az": "az-AZ", "be": "be-BY",
-    "bg": "bg-BG", "bn": "bn-IN", "bs": "bs-BA", "ca": "ca-ES", "cs": "cs-CZ",
-    "cy": "cy-GB", "da": "da-DK", "de": "de-DE", "el": "el-GR", "en": "en-US",
-    "es": "es-ES", "et": "et-EE", "eu": "eu-ES", "fa": "fa-IR", "fi": "fi-FI",
-    "fil": "fil-PH", "fr": "fr-FR", "ga": "ga-IE", "gl": "gl-ES", "gu": "gu-IN",
-    "he": "iw-IL", "hi": "hi-IN", "hr": "hr-HR", "hu": "hu-HU", "hy": "hy-AM",
-    "id": "id-ID", "is": "is-IS", "it": "it-IT", "ja": "ja-JP", "ka": "ka-GE",
-    "kk": "kk-KZ", "km": "km-KH", "kn": "kn-IN", "ko": "ko-KR", "lo": "lo-LA",
-    "lt": "lt-LT", "lv": "lv-LV", "mk": "mk-MK", "ml": "ml-IN", "mn": "mn-MN",
-    "mr": "mr-IN", "ms": "ms-MY", "my": "my-MM", "nb": "no-NO", "ne": "ne-NP",
-    "nl": "nl-NL", "no": "no-NO", "pa": "pa-Guru-IN", "pl": "pl-PL", "pt": "pt-BR",
-    "ro": "ro-RO", "ru": "ru-RU", "si": "si-LK", "sk": "sk-SK", "sl": "sl-SI",
-    "sq": "sq-AL", "sr": "sr-RS", "sv": "sv-SE", "sw": "sw-KE", "ta": "ta-IN",
-    "te": "te-IN", "th": "th-TH", "tl": "fil-PH", "tr": "tr-TR", "uk": "uk-UA",
-    "ur": "ur-PK", "uz": "uz-UZ", "vi": "vi-VN", "zh": "cmn-Hans-CN", "zu": "zu-ZA",
-}  # fmt: skip
-"""A session's primary language tag to the locale Google recognises it under; a tag
-with a region (``en-GB``, ``pt-PT``) is sent as it is."""
 
 
 class StreamInterrupted(EngineError):
@@ -75,6 +65,8 @@ def map_error(error: GoogleAPICallError | grpc.RpcError) -> EngineError:
         return StreamInterrupted(text)
     if code in _UNAUTHORISED:
         return EngineUnavailable(text)
+    if code in _REFUSED:
+        return RequestRefused(text)
     return EngineError(text)
 
 
@@ -119,6 +111,24 @@ async def make_client(endpoint: str, insecure: bool, credentials: Any) -> Any:
     return SpeechAsyncClient(
         credentials=credentials, client_options=ClientOptions(api_endpoint=endpoint)
     )
+
+
+async def fetch_locations_metadata(client: Any, name: str, timeout_s: float) -> Any:
+    """On the bridge's loop: the ``LocationsMetadata`` of location ``name``
+    (``projects/P/locations/L``). Raises the SDK's errors (callers map them)."""
+    from google.cloud.location import locations_pb2
+    from google.cloud.speech_v2.types import LocationsMetadata
+
+    location = await client.get_location(
+        locations_pb2.GetLocationRequest(name=name), timeout=timeout_s
+    )
+    return LocationsMetadata.deserialize(location.metadata.value)
+
+
+def names_adaptation(message: str) -> bool:
+    """Whether Google's refusal is about phrase sets (so recognising without them helps)."""
+    lowered = message.lower()
+    return "adaptation" in lowered or "phrase" in lowered
 
 
 def streaming_request(

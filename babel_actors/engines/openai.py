@@ -3,17 +3,18 @@ OpenAI or any OpenAI-compatible server (vLLM, Ollama, llama.cpp, ...).
 
 The prompt asks for the translation only, keeps names and numbers, carries the last
 few segments as context and the session's glossary as rules. Requests are spaced by a
-client-side limiter (requests and tokens per minute) that lets finals go before
-partials; timeouts, 429s, 5xx and connection errors are retried with backoff,
-honouring ``retry-after``.
+client-side limiter (requests and tokens per minute, each request reserving its prompt
+and ``openai_max_output_tokens``, as OpenAI counts) that lets finals go before
+partials; timeouts, 408, 409, 429s, 5xx and connection errors are retried with
+backoff, waiting as long as the server says (``retry-after``, the
+``x-ratelimit-reset-*`` headers, or its "try again in" message). A spent quota
+(``insufficient_quota``) is not retried.
 """
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import random
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,8 +22,15 @@ import openai
 import trio
 
 from babel_actors.config import Config
+from babel_actors.engines.openai_limits import prompt_tokens, retry_after_s
 from babel_actors.engines.ratelimit import RateLimiter
-from babel_actors.errors import EngineUnavailable, TranslationFailed, UnsupportedLanguage
+from babel_actors.errors import (
+    ConfigError,
+    EngineUnavailable,
+    RequestRefused,
+    TranslationFailed,
+    UnsupportedLanguage,
+)
 from babel_actors.glossary import Glossary
 
 log = logging.getLogger(__name__)
@@ -47,8 +55,14 @@ LANGUAGE_NAMES = {
 }  # fmt: skip
 """The languages offered, by primary tag; a regional tag (``pt-BR``) is accepted too."""
 
-_CHARS_PER_TOKEN = 4
-"""A rough token estimate for the rate limiter; corrected by the reply's ``usage``."""
+TOKEN_FIELDS = ("max_completion_tokens", "max_tokens")
+_RETRIED_STATUS = frozenset({408, 409})
+"""Statuses the SDK itself would retry, besides 429 and 5xx."""
+
+
+class UnusableReply(TranslationFailed, RequestRefused):
+    """The model answered, but not with a translation (empty, refused, cut short):
+    a failure of this request, not an outage, so breakers do not count it."""
 
 
 def language_name(tag: str) -> str:
@@ -110,10 +124,13 @@ class OpenAITranslator:
     Backpressure: requests wait their turn at the rate limiter, finals before
     partials, each in order.
     Cancellation: a cancelled call abandons its HTTP request (the client closes it).
-    Error handling: timeouts, connection errors, 429 and 5xx are retried
-    ``openai_max_retries`` times with backoff (``retry-after`` when the server gives
-    one, which also holds back every other request); the rest, and running out of
-    retries, raise ``TranslationFailed``. No openai exception leaves this class.
+    Error handling: timeouts, connection errors, 408, 409, 429 and 5xx are retried
+    ``openai_max_retries`` times with backoff, or as long as the server says (a 429's
+    wait also holds back every other request); ``insufficient_quota``, the other 4xx,
+    and running out of retries raise ``TranslationFailed``; a 400/404/422 and a reply
+    that is empty, refused or cut short (``finish_reason`` ``length``) raise
+    ``UnusableReply``, which breakers do not count. No openai exception leaves this
+    class.
     """
 
     name = "openai"
@@ -123,6 +140,11 @@ class OpenAITranslator:
         if not config.openai_api_key and not config.openai_base_url:
             raise EngineUnavailable(
                 "openai needs OPENAI_API_KEY, or OPENAI_BASE_URL for a self-hosted server"
+            )
+        if config.openai_token_field not in TOKEN_FIELDS:
+            raise ConfigError(
+                f"BABEL_OPENAI_TOKEN_FIELD={config.openai_token_field!r}: choose"
+                f" {' or '.join(TOKEN_FIELDS)}"
             )
         self._config = config
         self._client = openai.AsyncOpenAI(
@@ -166,25 +188,34 @@ class OpenAITranslator:
         messages = build_messages(
             text, source=source, target=target, context=context, glossary=glossary
         )
-        estimate = (
-            sum(len(m["content"]) for m in messages) // _CHARS_PER_TOKEN
-            + 2 * len(text) // _CHARS_PER_TOKEN
-            + 16
-        )
+        reserved = self.reservation(messages)
         limiter = self._rate_limiter()
         problem = ""
         for attempt in range(config.openai_max_retries + 1):
             if attempt:
                 log.info("openai: %s; retry %d", problem, attempt)
-            await limiter.acquire(estimate, urgent=not partial)
+            await limiter.acquire(reserved, urgent=not partial)
             try:
                 reply = await self._complete(messages)
             except openai.RateLimitError as exc:
+                if _code(exc) == "insufficient_quota":
+                    raise TranslationFailed(
+                        f"openai quota spent (insufficient_quota; check plan and billing):"
+                        f" {_detail(exc)}"
+                    ) from exc
                 problem = f"rate limited (429): {_detail(exc)}"
                 delay = self._retry_after(exc, attempt)
                 limiter.pause_until(trio.current_time() + delay)
             except openai.InternalServerError as exc:
                 problem = f"server error ({exc.status_code}): {_detail(exc)}"
+                delay = self._retry_after(exc, attempt)
+            except openai.APIStatusError as exc:
+                if exc.status_code not in _RETRIED_STATUS:
+                    message = f"openai {exc.status_code}: {_detail(exc)}"
+                    if exc.status_code in (400, 404, 422):
+                        raise UnusableReply(message) from exc
+                    raise TranslationFailed(message) from exc
+                problem = f"{exc.status_code}: {_detail(exc)}"
                 delay = self._retry_after(exc, attempt)
             except openai.APITimeoutError:
                 problem = f"no answer within {config.openai_timeout_s} s"
@@ -192,16 +223,20 @@ class OpenAITranslator:
             except openai.APIConnectionError as exc:
                 problem = f"cannot connect: {exc}"
                 delay = self._backoff(attempt)
-            except openai.APIStatusError as exc:
-                raise TranslationFailed(f"openai {exc.status_code}: {_detail(exc)}") from exc
             except openai.OpenAIError as exc:
                 raise TranslationFailed(f"openai: {exc}") from exc
             else:
-                content, used = reply
+                content, used, finish = reply
                 if used:
-                    limiter.settle(estimate, used)
-                if not content:
-                    raise TranslationFailed("openai returned an empty translation")
+                    limiter.settle(reserved, used)
+                if finish == "length":
+                    raise UnusableReply(
+                        f"openai cut the translation short at {config.openai_max_output_tokens}"
+                        f" tokens ({config.openai_token_field})"
+                    )
+                if finish == "content_filter" or not content:
+                    why = finish if finish in ("content_filter", "refusal") else "empty"
+                    raise UnusableReply(f"openai returned no translation ({why})")
                 return content
             if delay > config.openai_retry_max_s:
                 break
@@ -209,28 +244,37 @@ class OpenAITranslator:
                 await trio.sleep(delay)
         raise TranslationFailed(f"openai {source}->{target}: {problem}")
 
-    async def _complete(self, messages: list[dict[str, str]]) -> tuple[str, int]:
+    def reservation(self, messages: Sequence[dict[str, str]]) -> int:
+        """The tokens one request reserves against the limit: its prompt and the most
+        it may write, as OpenAI counts them before running it."""
+        return prompt_tokens(messages) + self._config.openai_max_output_tokens
+
+    async def _complete(self, messages: list[dict[str, str]]) -> tuple[str, int, str]:
+        """The reply's text, the tokens it used, and why it ended."""
         config = self._config
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {config.openai_token_field: config.openai_max_output_tokens}
         if config.openai_temperature >= 0:
             extra["temperature"] = config.openai_temperature
         completion = await self._client.chat.completions.create(
             model=config.openai_model,
             messages=messages,  # type: ignore[arg-type]
-            max_tokens=config.openai_max_output_tokens,
             **extra,
         )
-        if not completion.choices:
-            return "", 0
-        content = (completion.choices[0].message.content or "").strip()
         used = completion.usage.total_tokens if completion.usage else 0
-        return content, used
+        if not completion.choices:
+            return "", used, ""
+        choice = completion.choices[0]
+        if getattr(choice.message, "refusal", None):
+            return "", used, "refusal"
+        return (choice.message.content or "").strip(), used, choice.finish_reason or ""
 
     def _rate_limiter(self) -> RateLimiter:
         # Made on first use: it reads trio's clock, which exists only inside a run.
         if self._limiter is None:
             self._limiter = RateLimiter(
-                self._config.openai_requests_per_minute, self._config.openai_tokens_per_minute
+                self._config.openai_requests_per_minute,
+                self._config.openai_tokens_per_minute,
+                burst_s=self._config.openai_rate_burst_s,
             )
         return self._limiter
 
@@ -239,22 +283,19 @@ class OpenAITranslator:
         return min(self._config.openai_retry_max_s, base * random.uniform(0.8, 1.2))
 
     def _retry_after(self, error: openai.APIStatusError, attempt: int) -> float:
-        """The server's ``retry-after-ms`` or ``retry-after`` (seconds or HTTP date),
-        else the backoff."""
-        headers = error.response.headers
-        try:
-            if "retry-after-ms" in headers:
-                return max(0.0, float(headers["retry-after-ms"]) / 1000)
-            if "retry-after" in headers:
-                value = headers["retry-after"]
-                try:
-                    return max(0.0, float(value))
-                except ValueError:
-                    when = email.utils.parsedate_to_datetime(value)
-                    return max(0.0, when.timestamp() - time.time())
-        except (TypeError, ValueError, OverflowError):
-            pass
-        return self._backoff(attempt)
+        """As long as the server says (``openai_limits.retry_after_s``), else the backoff."""
+        said = retry_after_s(error.response.headers, _detail(error))
+        return self._backoff(attempt) if said is None else said
+
+
+def _code(error: openai.APIStatusError) -> str:
+    """The error's ``code`` (or ``type``) in OpenAI's body: ``insufficient_quota``, ..."""
+    body = error.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            return str(inner.get("code") or inner.get("type") or "")
+    return ""
 
 
 def _detail(error: openai.APIStatusError) -> str:

@@ -1,4 +1,9 @@
-"""A client-side rate limiter: requests and tokens per minute, as LLM APIs count them."""
+"""A client-side rate limiter: requests and tokens per minute, as LLM APIs count them.
+
+OpenAI enforces its per-minute limits over shorter periods too (a minute's 500
+requests are not 500 in one second), so the buckets hold ``burst_s`` seconds of
+allowance rather than a whole minute's, and start with no more.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,16 @@ from collections import deque
 
 import trio
 
+_NEGLIGIBLE_S = 1e-6
+
 
 class _Bucket:
-    """A token bucket holding at most one minute's allowance, refilled continuously."""
+    """A token bucket holding at most ``burst_s`` seconds' allowance, refilled
+    continuously."""
 
-    def __init__(self, per_minute: int, now: float) -> None:
-        self.capacity = float(per_minute)
-        self.level = float(per_minute)
+    def __init__(self, per_minute: int, now: float, burst_s: float) -> None:
+        self.capacity = per_minute * burst_s / 60.0
+        self.level = self.capacity
         self._rate = per_minute / 60.0
         self._at = now
 
@@ -48,16 +56,21 @@ class RateLimiter:
     the next one moves up.
     """
 
-    def __init__(self, requests_per_minute: int, tokens_per_minute: int) -> None:
+    def __init__(
+        self, requests_per_minute: int, tokens_per_minute: int, *, burst_s: float = 60.0
+    ) -> None:
+        """``burst_s``: the seconds of allowance that may go at once (60: a minute's)."""
         now = trio.current_time()
-        self._requests = _Bucket(requests_per_minute, now) if requests_per_minute > 0 else None
-        self._tokens = _Bucket(tokens_per_minute, now) if tokens_per_minute > 0 else None
+        self._requests = (
+            _Bucket(requests_per_minute, now, burst_s) if requests_per_minute > 0 else None
+        )
+        self._tokens = _Bucket(tokens_per_minute, now, burst_s) if tokens_per_minute > 0 else None
         self._urgent: deque[_Waiter] = deque()
         self._other: deque[_Waiter] = deque()
         self._paused_until = -float("inf")
 
     async def acquire(self, tokens: int, *, urgent: bool = False) -> None:
-        """Wait until one request of about ``tokens`` tokens may go, and count it.
+        """Wait until one request reserving ``tokens`` tokens may go, and count it.
 
         An ``urgent`` request goes before any non-urgent one still waiting; one
         already admitted is never taken back.
@@ -95,7 +108,8 @@ class RateLimiter:
             self._tokens.level -= used - estimated
 
     def pause_until(self, deadline: float) -> None:
-        """Let no request go before ``deadline`` (``trio.current_time()`` clock)."""
+        """Let no request go before ``deadline`` (``trio.current_time()`` clock): the
+        server said when its limit resets."""
         self._paused_until = max(self._paused_until, deadline)
 
     def _front(self) -> _Waiter | None:
@@ -110,4 +124,5 @@ class RateLimiter:
             if bucket is not None:
                 bucket.refill(now)
                 delay = max(delay, bucket.wait_for(amount))
-        return delay
+        # Float rounding can leave a wait too short for the clock to move: none then.
+        return delay if delay > _NEGLIGIBLE_S else 0.0

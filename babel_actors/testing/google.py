@@ -9,6 +9,12 @@ unstable part), a final with ``result_end_offset`` after a pause, the rest at
 half-close, voice-activity events, ABORTED after the stream's maximum duration. A
 ``StreamPlan`` makes a stream fail, hang or echo each request (for the bench).
 
+It is as strict as Google where Google is strict: the location, model and locale must
+be ones it serves (INVALID_ARGUMENT otherwise; the Locations API's ``GetLocation``
+lists them), a model may refuse phrase sets, and audio sent much faster than real
+time ends the stream with OUT_OF_RANGE. Chirp 3's sparser interim results and longer
+endpointing are options (``interim_every_words``, ``endpoint_s``).
+
 Run it alone with ``python -m babel_actors.testing.google [--port N] [--echo]``;
 ``--words FILE`` gives it a codec's vocabulary (so another process can speak to it) and
 ``--results FILE`` makes it append a JSON line per result as it yields it, with
@@ -33,15 +39,29 @@ import attrs
 import grpc
 import numpy as np
 import trio
-from google.cloud.speech_v2.types import cloud_speech
+from google.cloud.location import locations_pb2
+from google.cloud.speech_v2.types import cloud_speech, locations_metadata
+from google.protobuf import any_pb2
 
+from babel_actors.engines.google_locales import FALLBACK_LOCALES
 from babel_actors.engines.grpc_bridge import AsyncioThread
 
 SERVICE = "google.cloud.speech.v2.Speech"
+LOCATIONS_SERVICE = "google.cloud.location.Locations"
+MODELS = frozenset({"chirp_3", "chirp_2", "long", "short", "telephony"})
+"""Models the emulator serves by default."""
+LOCATIONS = frozenset(
+    {"us", "eu", "asia-northeast1", "asia-south1", "asia-southeast1", "europe-west2",
+     "europe-west3", "northamerica-northeast1", "global"}
+)  # fmt: skip
+"""Locations the emulator serves by default; Chirp models are not served in ``global``."""
+TOO_FAST_MESSAGE = (
+    "Audio data is being streamed too fast. Please stream audio data approximately at real time."
+)
 MAX_AUDIO_BYTES = 15 * 1024
 """Largest ``audio`` of one request the emulator accepts."""
 MAX_DURATION_MESSAGE = "Max duration of 5 minutes reached for stream."
-_RECOGNIZER = re.compile(r"^projects/[^/]+/locations/[^/]+/recognizers/[^/]+$")
+_RECOGNIZER = re.compile(r"^projects/[^/]+/locations/([^/]+)/recognizers/[^/]+$")
 _SpeechEvent = cloud_speech.StreamingRecognizeResponse.SpeechEventType
 
 
@@ -110,8 +130,11 @@ class _Heard:
 class _Recognizer:
     """Word-coded PCM in, Google-style results out. Sans-IO."""
 
-    def __init__(self, codec: WordCodec, rate: int, endpoint_s: float) -> None:
+    def __init__(
+        self, codec: WordCodec, rate: int, endpoint_s: float, interim_every_words: int = 1
+    ) -> None:
         self._codec = codec
+        self._interim_every = max(1, interim_every_words)
         self._rate = rate
         self._endpoint = round(endpoint_s * rate)
         self._position = 0
@@ -157,7 +180,8 @@ class _Recognizer:
             heard.append(_Heard("", False, at / self._rate, _SpeechEvent.SPEECH_ACTIVITY_BEGIN))
         self._words.append(self._codec.word(self._run_value))
         self._last_word_end = at
-        heard.append(_Heard(" ".join(self._words), False, at / self._rate))
+        if len(self._words) % self._interim_every == 0:
+            heard.append(_Heard(" ".join(self._words), False, at / self._rate))
 
     def _final(self, heard: list[_Heard]) -> None:
         end_s = self._last_word_end / self._rate
@@ -190,6 +214,10 @@ class StreamRecord:
     audio: bytearray = attrs.field(factory=bytearray)
     request_sizes: list[int] = attrs.field(factory=list)
     """Bytes of ``audio`` in each audio request."""
+    request_times: list[float] = attrs.field(factory=list)
+    """When each audio request arrived (the emulator's ``clock``)."""
+    opened_at: float = 0.0
+    """When the first request arrived (the emulator's ``clock``)."""
     finals: list[str] = attrs.field(factory=list)
     outcome: str = "open"
     """``open``, ``completed`` (client half-closed), ``cancelled`` (by the client), or the
@@ -205,12 +233,37 @@ class SpeechEmulator:
         *,
         max_stream_s: float = 300.0,
         endpoint_s: float = 0.3,
+        locales: Iterable[str] = FALLBACK_LOCALES,
+        models: Iterable[str] = MODELS,
+        locations: Iterable[str] = LOCATIONS,
+        adaptation_models: Iterable[str] | None = None,
+        max_speed: float = 3.0,
+        speed_allowance_s: float = 5.0,
+        interim_every_words: int = 1,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.codec = codec or WordCodec()
         self.max_stream_s = max_stream_s
         """Audio after which a stream ends with ABORTED, like Google's five minutes."""
         self.endpoint_s = endpoint_s
-        """Silence after a word that ends an utterance with a final."""
+        """Silence after a word that ends an utterance with a final (Chirp 3 waits longer
+        than the default)."""
+        self.locales = frozenset(locales)
+        """Locales every served model takes, in every location."""
+        self.models = frozenset(models)
+        self.locations = frozenset(locations)
+        self.adaptation_models = (
+            self.models if adaptation_models is None else frozenset(adaptation_models)
+        )
+        """Models that take phrase sets; the others refuse a request with one."""
+        self.max_speed = max_speed
+        """A stream whose audio runs ahead of ``max_speed`` times real time by more than
+        ``speed_allowance_s`` ends with OUT_OF_RANGE, as Google's did; 0: no check."""
+        self.speed_allowance_s = speed_allowance_s
+        self.interim_every_words = interim_every_words
+        """An interim result every this many words (1: each word; Chirp 3 is sparser)."""
+        self.clock = clock
+        """The emulator's clock for pacing and records; None is the serving loop's."""
         self.plans: dict[int, StreamPlan] = {}
         """Plans by stream index (0 is the first stream the emulator sees)."""
         self.default_plan = StreamPlan()
@@ -236,8 +289,18 @@ class SpeechEmulator:
                 )
             },
         )
+        locations_handler = grpc.method_handlers_generic_handler(
+            LOCATIONS_SERVICE,
+            {
+                "GetLocation": grpc.unary_unary_rpc_method_handler(
+                    self._get_location,
+                    request_deserializer=locations_pb2.GetLocationRequest.FromString,
+                    response_serializer=locations_pb2.Location.SerializeToString,
+                )
+            },
+        )
         self._server = grpc.aio.server()
-        self._server.add_generic_rpc_handlers((handler,))
+        self._server.add_generic_rpc_handlers((handler, locations_handler))
         self.port = self._server.add_insecure_port(f"{host}:{port}")
         await self._server.start()
         return self.port
@@ -246,6 +309,62 @@ class SpeechEmulator:
         if self._server is not None:
             await self._server.stop(grace=None)
             self._server = None
+
+    def now(self) -> float:
+        """The emulator's clock."""
+        return self.clock() if self.clock is not None else asyncio.get_running_loop().time()
+
+    async def _get_location(
+        self, request: locations_pb2.GetLocationRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> locations_pb2.Location:
+        location_id = request.name.rsplit("/", 1)[-1]
+        if location_id not in self.locations:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"Location {request.name} not found.")
+        served = [m for m in self.models if _serves(m, location_id)]
+        features = locations_metadata.ModelFeatures(
+            model_feature=[
+                locations_metadata.ModelFeature(feature="recognizer", release_state="GA")
+            ]
+        )
+        metadata = locations_metadata.LocationsMetadata(
+            languages=locations_metadata.LanguageMetadata(
+                models={
+                    locale: locations_metadata.ModelMetadata(
+                        model_features={model: features for model in served}
+                    )
+                    for locale in self.locales
+                }
+            )
+        )
+        packed = any_pb2.Any(
+            type_url="type.googleapis.com/google.cloud.speech.v2.LocationsMetadata",
+            value=locations_metadata.LocationsMetadata.serialize(metadata),
+        )
+        return locations_pb2.Location(name=request.name, location_id=location_id, metadata=packed)
+
+    def _refusal(self, first: cloud_speech.StreamingRecognizeRequest) -> str:
+        """Why Google would refuse this first request, or ``""``."""
+        match = _RECOGNIZER.match(first.recognizer)
+        if not match or "streaming_config" not in first or first.audio:
+            return "the first request needs recognizer and streaming_config, and no audio"
+        location = match[1]
+        config = first.streaming_config.config
+        model = config.model
+        if (
+            location not in self.locations
+            or model not in self.models
+            or not _serves(model, location)
+        ):
+            return f'The model "{model}" does not exist in the location named "{location}".'
+        for locale in config.language_codes:
+            if locale not in self.locales:
+                return (
+                    f'The language "{locale}" is not supported by the model "{model}" in the'
+                    f' location named "{location}".'
+                )
+        if "adaptation" in config and model not in self.adaptation_models:
+            return f'Recognizer does not support feature: speech_adaptation (model "{model}").'
+        return ""
 
     async def _streaming_recognize(
         self,
@@ -284,15 +403,11 @@ class SpeechEmulator:
         first = await anext(aiter(requests), None)
         if first is None:
             return
-        if (
-            not _RECOGNIZER.match(first.recognizer)
-            or "streaming_config" not in first
-            or first.audio
-        ):
-            fail(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "the first request needs recognizer and streaming_config, and no audio",
-            )
+        record.opened_at = self.now()
+        refusal = self._refusal(first)
+        if refusal:
+            record.config = first
+            fail(grpc.StatusCode.INVALID_ARGUMENT, refusal)
             return
         record.config = first
         self.on_change()
@@ -303,7 +418,8 @@ class SpeechEmulator:
             return
         config = first.streaming_config.config
         rate = config.explicit_decoding_config.sample_rate_hertz or 16000
-        recognizer = _Recognizer(self.codec, rate, self.endpoint_s)
+        recognizer = _Recognizer(self.codec, rate, self.endpoint_s, self.interim_every_words)
+        locale = config.language_codes[0] if config.language_codes else "en-US"
         async for request in requests:
             if request.recognizer or "streaming_config" in request:
                 fail(grpc.StatusCode.INVALID_ARGUMENT, "only the first request has config")
@@ -313,11 +429,18 @@ class SpeechEmulator:
                 return
             record.audio += request.audio
             record.request_sizes.append(len(request.audio))
+            record.request_times.append(self.now())
+            ahead_s = len(record.audio) / 2 / rate - (
+                (record.request_times[-1] - record.opened_at) * self.max_speed
+            )
+            if self.max_speed > 0 and ahead_s > self.speed_allowance_s:
+                fail(grpc.StatusCode.OUT_OF_RANGE, TOO_FAST_MESSAGE)
+                return
             if plan.echo:
                 yield _response(_Heard(str(len(record.request_sizes)), False, 0.0), False)
                 continue
             for heard in recognizer.feed(request.audio):
-                yield self._answer(record, heard)
+                yield self._answer(record, heard, locale)
             self.on_change()
             heard_s = len(record.audio) / 2 / rate
             if plan.fail_after_s is not None and heard_s >= plan.fail_after_s:
@@ -327,13 +450,13 @@ class SpeechEmulator:
                 fail(grpc.StatusCode.ABORTED, MAX_DURATION_MESSAGE)
                 return
         for heard in recognizer.finish():
-            yield self._answer(record, heard)
+            yield self._answer(record, heard, locale)
 
     def _answer(
-        self, record: StreamRecord, heard: _Heard
+        self, record: StreamRecord, heard: _Heard, locale: str
     ) -> cloud_speech.StreamingRecognizeResponse:
         """``heard`` as the response about to be yielded, recorded."""
-        response = _response(heard, True)
+        response = _response(heard, True, locale)
         if heard.is_final:
             record.finals.append(heard.transcript)
         if not heard.event:
@@ -341,7 +464,13 @@ class SpeechEmulator:
         return response
 
 
-def _response(heard: _Heard, split: bool) -> cloud_speech.StreamingRecognizeResponse:
+def _serves(model: str, location: str) -> bool:
+    return not (model.startswith("chirp") and location == "global")
+
+
+def _response(
+    heard: _Heard, split: bool, locale: str = "en-US"
+) -> cloud_speech.StreamingRecognizeResponse:
     offset = datetime.timedelta(seconds=heard.end_s)
     if heard.event:
         return cloud_speech.StreamingRecognizeResponse(
@@ -360,7 +489,7 @@ def _response(heard: _Heard, split: bool) -> cloud_speech.StreamingRecognizeResp
                 is_final=heard.is_final,
                 stability=stability,
                 result_end_offset=offset,
-                language_code="en-US",
+                language_code=locale.lower(),
             )
             for text, stability in parts
         ]

@@ -4,7 +4,10 @@ It answers ``POST /v1/chat/completions`` as OpenAI does, with a translation made
 function of the request (by default ``"<target> <text>"`` for the target language the
 system prompt names), and records every request. Queue ``Reply`` values to make the
 next requests fail: a status with headers (429 with ``retry-after``, 500), or a hang
-that never answers.
+that never answers. ``rate_limited`` and ``quota_exceeded`` make 429s as OpenAI sends
+them: its header set (``x-ratelimit-*``, no ``retry-after``) and message text.
+Like OpenAI, it refuses ``max_tokens`` from reasoning models (``o1``, ``o3``, ``o4``,
+``gpt-5``), which take only ``max_completion_tokens``.
 
 Run it alone with ``python -m babel_actors.testing.openai [--port N] [--log FILE]``: it
 prints its port and answers every request at once; ``--log`` appends a JSON line per
@@ -76,6 +79,77 @@ class SeenRequest:
         return match[1] if match else "?"
 
 
+def rate_limited(
+    *,
+    limit: str = "tokens",
+    reset_s: float = 1.2,
+    model: str = "gpt-4o",
+    requested: int = 573,
+    per_minute: int = 30000,
+    retry_after: str | None = None,
+) -> Reply:
+    """A 429 as OpenAI sends it when ``limit`` (``tokens`` or ``requests``) is spent:
+    the six ``x-ratelimit-*`` headers, ``retry-after`` only when given, and the
+    message's "Please try again in ..." hint."""
+    wait = f"{round(reset_s * 1000)}ms" if reset_s < 1 else f"{reset_s:g}s"
+    other = "requests" if limit == "tokens" else "tokens"
+    headers = [
+        (f"x-ratelimit-limit-{limit}", str(per_minute)),
+        (f"x-ratelimit-remaining-{limit}", "0"),
+        (f"x-ratelimit-reset-{limit}", wait),
+        (f"x-ratelimit-limit-{other}", "500"),
+        (f"x-ratelimit-remaining-{other}", "499"),
+        (f"x-ratelimit-reset-{other}", "120ms"),
+    ]
+    if retry_after is not None:
+        headers.append(("retry-after", retry_after))
+    short = "TPM" if limit == "tokens" else "RPM"
+    message = (
+        f"Rate limit reached for {model} in organization org-emulator on {limit} per min"
+        f" ({short}): Limit {per_minute}, Used {per_minute - requested // 2}, Requested"
+        f" {requested}. Please try again in {wait}. Visit"
+        " https://platform.openai.com/account/rate-limits to learn more."
+    )
+    body = {
+        "error": {"message": message, "type": limit, "param": None, "code": "rate_limit_exceeded"}
+    }
+    return Reply(429, tuple(headers), body)
+
+
+def quota_exceeded() -> Reply:
+    """The 429 OpenAI sends when the account's credit is spent: retrying cannot help."""
+    message = (
+        "You exceeded your current quota, please check your plan and billing details. For"
+        " more information on this error, read the docs:"
+        " https://platform.openai.com/docs/guides/error-codes/api-errors."
+    )
+    body = {
+        "error": {
+            "message": message,
+            "type": "insufficient_quota",
+            "param": None,
+            "code": "insufficient_quota",
+        }
+    }
+    return Reply(429, (), body)
+
+
+_REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
+
+
+def _refusal(body: dict[str, Any]) -> dict[str, Any] | None:
+    """OpenAI's 400 for a request it would refuse, or None."""
+    model = str(body.get("model", ""))
+    if "max_tokens" in body and _REASONING_MODEL.match(model):
+        message = (
+            "Unsupported parameter: 'max_tokens' is not supported with this model."
+            " Use 'max_completion_tokens' instead."
+        )
+        error = {"message": message, "type": "invalid_request_error"}
+        return {"error": {**error, "param": "max_tokens", "code": "unsupported_parameter"}}
+    return None
+
+
 def tagged_translation(request: SeenRequest) -> str:
     """The default translation: ``"[Spanish] text"``, the language as the prompt says."""
     return f"[{request.target}] {request.text}"
@@ -120,7 +194,11 @@ class FakeOpenAI:
                 request = await self._read_request(stream, conn)
                 if request is None:
                     return
-                reply = self.replies.popleft() if self.replies else self.default_reply
+                refusal = _refusal(request.body)
+                if refusal is not None:
+                    reply = Reply(400, (), refusal)
+                else:
+                    reply = self.replies.popleft() if self.replies else self.default_reply
                 if reply.hang:
                     await self._wait_for_close(stream)
                     return
