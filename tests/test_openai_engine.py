@@ -15,7 +15,7 @@ import trio.testing
 
 from babel_actors.config import Config
 from babel_actors.engines.breaker import BreakerTranslator
-from babel_actors.engines.openai import OpenAITranslator, build_messages
+from babel_actors.engines.openai import OpenAITranslator, _read_completion, build_messages
 from babel_actors.engines.ratelimit import RateLimiter
 from babel_actors.errors import EngineUnavailable, TranslationFailed, UnsupportedLanguage
 from babel_actors.events import Segment
@@ -292,3 +292,29 @@ async def test_a_final_queued_behind_partials_reaches_the_server_first(
         "Partial one",
         "Partial one two",
     ]
+
+
+@pytest.mark.parametrize(
+    ("reply", "read"),
+    [
+        (
+            {
+                "choices": [{"message": {"content": " hola "}, "finish_reason": "stop"}],
+                "usage": {"total_tokens": 12},
+            },
+            ("hola", 12, "stop"),
+        ),
+        (
+            {"choices": [{"message": {"refusal": "no"}}], "usage": {"total_tokens": 3}},
+            ("", 3, "refusal"),
+        ),
+        ({"choices": []}, ("", 0, "")),
+        ({"choices": [{"message": None, "finish_reason": None}]}, ("", 0, "")),
+        ({"choices": "x", "usage": "y"}, ("", 0, "")),
+        (["not", "an", "object"], ("", 0, "")),
+    ],
+)
+def test_a_completion_is_read_from_its_json_whatever_its_shape(
+    reply: object, read: tuple[str, int, str]
+) -> None:
+    assert _read_completion(reply) == read
