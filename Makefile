@@ -11,7 +11,10 @@ TEST_STAMP := $(VENV)/.installed-test
 VENV_INPUTS := setup.cfg pyproject.toml requirements/models.txt
 
 # The embedded engines: Apertium pairs for translation; the Python side brings Whisper.
-RUN_DEBS := python3-venv apertium apertium-eng-spa apertium-eng-cat apertium-en-gl apertium-eo-en
+# Spanish is the hub of the translation graph: English reaches French, Portuguese and
+# Italian through it, and Romanian and Basque speech reach English (issue 17).
+RUN_DEBS := python3-venv apertium apertium-eng-spa apertium-eng-cat apertium-en-gl apertium-eo-en \
+	apertium-es-pt apertium-spa-ita apertium-fr-es apertium-es-ro apertium-eu-en
 # Speech for the tests (Festival's HTS voice, espeak-ng, sox).
 TEST_DEBS := festival festvox-us-slt-hts espeak-ng sox chromium fonts-dejavu-core nginx openssl systemd cloud-init shellcheck redis-server
 

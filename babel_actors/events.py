@@ -97,6 +97,9 @@ class Caption:
     """False when translation failed and ``text`` is the source text, flagged."""
     translated_at: float = 0.0
     """``trio.current_time()`` when the translator handed the caption on."""
+    via: tuple[str, ...] = ()
+    """The languages the translation passed through, source first, target last
+    (``("en", "es", "pt")``: two hops); empty when not translated."""
 
 
 @attrs.frozen

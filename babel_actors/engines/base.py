@@ -105,3 +105,15 @@ def optional_keywords(glossary: Glossary | None, *, partial: bool = False) -> di
     if partial:
         keywords["partial"] = True
     return keywords
+
+
+def translation_route(engine: Translator, source: str, target: str) -> tuple[str, ...]:
+    """The languages a ``source`` -> ``target`` translation by ``engine`` passes
+    through, both ends included: the engine's own ``route`` when it has one (routing
+    engines and their wrappers), else ``(source, target)``; ``(source,)`` when they are
+    the same language."""
+    if source == target:
+        return (source,)
+    route = getattr(engine, "route", None)
+    found = route(source, target) if callable(route) else None
+    return tuple(found) if found else (source, target)

@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 import attrs
 
+from babel_actors.engines.base import translation_route
 from babel_actors.errors import UnsupportedLanguage
 from babel_actors.live import LiveSession
 from babel_actors.registry import Registry
@@ -232,6 +233,10 @@ class Api:
             "endpoint": "/translate",
             "sttLanguages": sorted(stt.languages()),
             "mtPairs": {src: sorted(mt.targets(src)) for src in sorted(mt.sources())},
+            "mtRoutes": {
+                src: {tgt: list(translation_route(mt, src, tgt)) for tgt in sorted(mt.targets(src))}
+                for src in sorted(mt.sources())
+            },
             "uptimeSeconds": round(time.monotonic() - self.started, 3),
             "store": self.registry.store.health(),
         }

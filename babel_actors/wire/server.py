@@ -71,6 +71,7 @@ def caption_message(caption: Caption) -> dict[str, Any]:
         "sourceLang": segment.source_lang,
         "targetLang": caption.target_lang,
         "hasTranslation": caption.has_translation,
+        **({"via": list(caption.via)} if caption.via else {}),
     }
 
 
@@ -111,6 +112,7 @@ def rendered_from_payload(payload: bytes) -> Rendered | None:
             str(message["targetLang"]),
             str(message["translatedText"]),
             bool(message["hasTranslation"]),
+            via=tuple(str(language) for language in message.get("via", ())),
         )
     except (ValueError, KeyError, TypeError):
         log.warning("dropping a malformed caption")
