@@ -57,6 +57,9 @@ class SttResult:
     cannot tell (stage timing, ``babel_actors.stages``)."""
     audio_ingested_at: float = 0.0
     """``ingested_at`` of that audio; 0.0 when unknown."""
+    language: str = ""
+    """The language the engine heard, when it identified it (a stream in ``auto``);
+    empty means the stream's language."""
 
 
 @attrs.frozen

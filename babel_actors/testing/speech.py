@@ -31,23 +31,33 @@ class SpeechToolMissing(RuntimeError):
     """A text-to-speech or audio tool is not installed, or cannot produce speech."""
 
 
-def synthesize(text: str, path: Path, *, voice: Voice = "festival", rate: int = 16000) -> Path:
+def synthesize(
+    text: str,
+    path: Path,
+    *,
+    voice: Voice = "festival",
+    rate: int = 16000,
+    language: str = "en-us",
+) -> Path:
     """Speak ``text`` into ``path``: a 16-bit mono WAV at ``rate`` Hz; returns ``path``.
 
     ``voice="festival"`` uses Festival's HTS voice (``text2wave``), ``"espeak"`` uses
-    espeak-ng; either way sox converts the result to ``rate``. Raises
+    espeak-ng in ``language`` (an espeak-ng voice: ``en-us``, ``es``, ``fr``...; Festival's
+    voice speaks English only); either way sox converts the result to ``rate``. Raises
     ``SpeechToolMissing`` when a tool or the Festival voice is not installed.
     """
     path = Path(path)
     with tempfile.TemporaryDirectory(prefix="babel-tts-") as scratch:
         raw = Path(scratch) / "raw.wav"
         if voice == "festival":
+            if language != "en-us":
+                raise ValueError(f"Festival's voice speaks English only, not {language!r}")
             _run(
                 ["text2wave", "-eval", f"(voice_{FESTIVAL_VOICE})", "-o", str(raw)],
                 stdin=text,
             )
         elif voice == "espeak":
-            _run(["espeak-ng", "-v", "en-us", "--stdin", "-w", str(raw)], stdin=text)
+            _run(["espeak-ng", "-v", language, "--stdin", "-w", str(raw)], stdin=text)
         else:
             raise ValueError(f"unknown voice {voice!r}; use 'festival' or 'espeak'")
         if not raw.exists() or raw.stat().st_size <= 44:
