@@ -15,8 +15,8 @@ VENV_INPUTS := setup.cfg pyproject.toml requirements/models.txt
 # Italian through it, and Romanian and Basque speech reach English (issue 17).
 RUN_DEBS := python3-venv apertium apertium-eng-spa apertium-eng-cat apertium-en-gl apertium-eo-en \
 	apertium-es-pt apertium-spa-ita apertium-fr-es apertium-es-ro apertium-eu-en
-# Speech for the tests (Festival's HTS voice, espeak-ng, sox).
-TEST_DEBS := festival festvox-us-slt-hts espeak-ng sox chromium fonts-dejavu-core nginx openssl systemd cloud-init shellcheck redis-server
+# Speech for the tests (Festival's English HTS and Italian voices, espeak-ng, sox).
+TEST_DEBS := festival festvox-us-slt-hts festvox-italp16k espeak-ng sox chromium fonts-dejavu-core nginx openssl systemd cloud-init shellcheck redis-server
 
 .PHONY: run test lint deps-run deps-test venv venv-run venv-test clean
 

@@ -266,6 +266,11 @@ class Config:
     whisper_cache_dir: str = ""
     """Where the bundled Whisper base is joined; empty is ``$XDG_CACHE_HOME`` (or
     ``~/.cache``) ``/babel-actors``."""
+    whisper_translate_to_english: bool = True
+    """Listeners reading English of speech Apertium cannot translate from get Whisper's
+    own speech-to-English translation (one more decode per final)."""
+    whisper_speech_memory: int = 32
+    """Finals whose audio the Whisper engine keeps for that speech translation."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:

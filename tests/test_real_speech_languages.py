@@ -52,7 +52,7 @@ def record(sentences: Sequence[str], folder: Path, *, language: str) -> Speech:
     pcm = bytearray(b"\0\0" * round(LEAD_S * RATE))
     ends = []
     for i, sentence in enumerate(sentences):
-        voice = "festival" if language == "en" else "espeak"
+        voice = "festival" if language in ("en", "it") else "espeak"
         wav = synthesize(
             sentence,
             folder / f"{i}.wav",

