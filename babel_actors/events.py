@@ -9,6 +9,10 @@ import attrs
 
 from babel_actors.glossary import Glossary
 
+AUTO_LANGUAGE = "auto"
+"""A source language that asks the speech engine to identify what is spoken; segments
+then carry the language heard, and readers of ``auto`` read the transcript as heard."""
+
 
 @attrs.frozen
 class AudioFrame:

@@ -96,9 +96,10 @@ async def session_of(
     got = {who: trio.Event() for who in logs}
     with trio.fail_after(TIMEOUT_S):
         await stt.load(source)
+        await stt.load("en")
         async with running_server(Config(port=0), stt=stt, mt=mt) as server:
             status, session = await post(server, "/session/start", {"sourceLang": source})
-            assert status == 200, session
+            assert status == 200 and session["sourceLang"] == source, session
             sid = session["sessionId"]
             async with AsyncExitStack() as stack:
                 clients = {
@@ -164,3 +165,29 @@ async def test_spanish_speech_reaches_english_and_portuguese(
     logs = await session_of(stt, mt, speech, "es", ("en", "pt"), len(SPANISH))
     routes = {"en": ["es", "en"], "pt": ["es", "pt"]}
     await check_path(mt, logs, SPANISH, "es", SPANISH_WORDS, routes)
+
+
+async def test_auto_hears_each_language_and_translates_from_what_it_heard(
+    engines: tuple[WhisperSpeechToText, ApertiumTranslator], tmp_path: Path
+) -> None:
+    stt, mt = engines
+    (tmp_path / "es").mkdir()
+    (tmp_path / "en").mkdir()
+    spanish = record(SPANISH[:1], tmp_path / "es", language="es")
+    english = record(ENGLISH[:1], tmp_path / "en", language="en")
+    speech = Speech(
+        spanish.pcm + english.pcm,
+        (spanish.speech_ends_s[0], len(spanish.pcm) / (2 * RATE) + english.speech_ends_s[0]),
+    )
+    logs = await session_of(stt, mt, speech, "auto", ("pt",), 2)
+    for log in logs.values():
+        checked([r.message for r in log])
+    heard = finals_of(captions(logs["host"]))
+    assert [m["sourceLang"] for m in heard] == ["es", "en"], heard
+    # The host reads "auto": the transcript in the language it was heard in.
+    assert [m["targetLang"] for m in heard] == ["es", "en"]
+    assert all(m["translatedText"] == m["originalText"] for m in heard)
+    portuguese = finals_of(captions(logs["pt"]))
+    assert [m["via"] for m in portuguese] == [["es", "pt"], ["en", "es", "pt"]], portuguese
+    assert "parque" in portuguese[0]["translatedText"].lower()
+    assert "cão" in portuguese[1]["translatedText"].lower()

@@ -11,7 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import trio
 
-from babel_actors.events import AudioEvent, SttResult
+from babel_actors.events import AUTO_LANGUAGE, AudioEvent, SttResult
 from babel_actors.glossary import Glossary
 
 
@@ -95,6 +95,14 @@ class Translator(Protocol):
     async def aclose(self) -> None:
         """Release process-wide resources (subprocesses, HTTP clients)."""
         ...
+
+
+def hears(stt: SpeechToText, language: str) -> bool:
+    """Whether ``stt`` recognises ``language``: one of its languages, or ``auto`` when it
+    can identify the language (an engine with ``identifies_language`` true)."""
+    if language == AUTO_LANGUAGE:
+        return bool(getattr(stt, "identifies_language", False))
+    return language in stt.languages()
 
 
 def optional_keywords(glossary: Glossary | None, *, partial: bool = False) -> dict[str, Any]:

