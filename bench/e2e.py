@@ -367,8 +367,9 @@ def _summary(report: dict[str, Any]) -> str:
             f"{fmt(path['translated_final_ms']['max'], 0)}"
             for path in result["paths"].values()
         ),
-        f"source {report['params']['source']}, English heard by "
-        f"{report['params']['english_model']}; mean WER {fmt(result['wer_mean'], 3)}; server CPU "
+        f"source {report['params']['source']}, heard by "
+        f"{report['params']['english_model'] if report['params']['source'] == 'en' else 'base'}"
+        f"; mean WER {fmt(result['wer_mean'], 3)}; server CPU "
         f"{fmt(server.get('cpu_percent_of_core'))}% of a core (with Apertium)",
         "",
         "targets:",
