@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 from bystander import closed_with
-from helpers import checked, get, listener_path, start_session
+from helpers import checked, get, listener_path, post, start_session
 from hypothesis import given
 from hypothesis import strategies as st
 from protocol_schemas import validate_server_message
@@ -225,3 +225,17 @@ async def test_health_lists_routes_and_listeners_read_along_them(
     checked([final])
     assert "gato" in final["translatedText"].lower()
     assert final["via"] == ["en", "es", "pt"]
+
+
+async def test_auto_is_refused_by_an_engine_that_cannot_identify_languages() -> None:
+    with trio.fail_after(DEADLINE_S):
+        async with running_server(Config(port=0)) as server:
+            status, body = await post(server, "/session/start", {"sourceLang": "auto"})
+            assert status == 400 and "'auto'" in body["error"] and "en" in body["error"], body
+            status, body = await post(server, "/session/start", {"sourceLang": "automatic"})
+            assert status == 400 and "language code" in body["error"], body
+            session = await start_session(server)
+            async with connect(server, session["wsUrl"]) as host:
+                await host.send({"type": "init", "sourceLang": "auto"})
+                error = await host.receive_until(lambda m: m["type"] == "error")
+            assert "'auto'" in error[-1]["message"], error
