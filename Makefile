@@ -20,9 +20,12 @@ CHECKOV := BC_SKIP_MAPPING=TRUE $(CHECKOV_VENV)/bin/checkov -f deploy/cloudforma
 	--config-file deploy/checkov.yaml --skip-download
 
 # The embedded engines: Apertium pairs for translation; the Python side brings Whisper.
-RUN_DEBS := python3-venv apertium apertium-eng-spa apertium-eng-cat apertium-en-gl apertium-eo-en
-# Speech for the tests (Festival's HTS voice, espeak-ng, sox).
-TEST_DEBS := festival festvox-us-slt-hts espeak-ng sox chromium fonts-dejavu-core nginx openssl systemd cloud-init shellcheck redis-server rsyslog logrotate
+# Spanish is the hub of the translation graph: English reaches French, Portuguese and
+# Italian through it, and Romanian and Basque speech reach English (issue 17).
+RUN_DEBS := python3-venv apertium apertium-eng-spa apertium-eng-cat apertium-en-gl apertium-eo-en \
+	apertium-es-pt apertium-spa-ita apertium-fr-es apertium-es-ro apertium-eu-en
+# Speech for the tests (Festival's English HTS and Italian voices, espeak-ng, sox).
+TEST_DEBS := festival festvox-us-slt-hts festvox-italp16k espeak-ng sox chromium fonts-dejavu-core nginx openssl systemd cloud-init shellcheck redis-server rsyslog logrotate
 
 .PHONY: run test lint deps-run deps-test venv venv-run venv-test venv-checkov clean
 

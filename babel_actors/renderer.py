@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable, Sequence
 import attrs
 import trio
 
-from babel_actors.engines.base import Translator, optional_keywords
+from babel_actors.engines.base import Translator, optional_keywords, translation_route
 from babel_actors.errors import BabelError
-from babel_actors.events import Caption, Segment
+from babel_actors.events import AUTO_LANGUAGE, Caption, Segment
 from babel_actors.glossary import Glossary
 from babel_actors.history import History
 from babel_actors.metrics import Metrics
@@ -39,7 +39,7 @@ async def translate_segment(
     Never raises but for cancellation: a listener gets the source text, never silence.
     ``metrics`` counts the request, and its failure or timeout.
     """
-    if target == segment.source_lang:
+    if target in (segment.source_lang, AUTO_LANGUAGE):
         return Caption(segment, target, segment.text, True)
     source = segment.source_lang
     if metrics is not None:
@@ -50,7 +50,8 @@ async def translate_segment(
             text = await engine.translate(
                 segment.text, source=source, target=target, context=context, **extra
             )
-            return Caption(segment, target, text, True)
+            via = translation_route(engine, source, target)
+            return Caption(segment, target, text, True, via=via)
         except BabelError as exc:
             log.warning("translation %s->%s failed: %s", source, target, exc)
             if metrics is not None:

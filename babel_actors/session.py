@@ -17,8 +17,9 @@ import trio
 from babel_actors.audience import Audience, Member, Role
 from babel_actors.clock import now_ms
 from babel_actors.config import Config
-from babel_actors.engines.base import SpeechToText, Translator
+from babel_actors.engines.base import SpeechToText, Translator, hears
 from babel_actors.errors import UnsupportedLanguage
+from babel_actors.events import AUTO_LANGUAGE
 from babel_actors.glossary import Glossary
 from babel_actors.history import History
 from babel_actors.lifetime import ENDED_MESSAGES, judge
@@ -37,10 +38,22 @@ _CLOSE_CODES = {"shutdown": GOING_AWAY, "error": SERVER_ERROR}
 """Close codes of ``session_ended`` reasons that are not a normal closure."""
 
 
+def reachable(mt: Translator, source: str) -> frozenset[str]:
+    """What listeners of speech in ``source`` can read: ``source`` and its targets; for
+    ``auto``, every language some source reaches (a caption heard in a language that
+    does not reach the reader's comes as source text, flagged)."""
+    if source == AUTO_LANGUAGE:
+        found = set(mt.sources())
+        for language in mt.sources():
+            found |= mt.targets(language)
+        return frozenset(found | {source})
+    return mt.targets(source) | {source}
+
+
 def check_target(mt: Translator, language: str, source: str) -> None:
     """Raise ``UnsupportedLanguage`` unless listeners can read ``language`` of speech
     in ``source``."""
-    available = mt.targets(source) | {source}
+    available = reachable(mt, source)
     if language not in available:
         raise UnsupportedLanguage(mt.name, language, available)
 
@@ -145,7 +158,7 @@ class Session:
 
     def check_source(self, language: str) -> None:
         """Raise ``UnsupportedLanguage`` unless the STT engine hears ``language``."""
-        if language not in self.stt.languages():
+        if not hears(self.stt, language):
             raise UnsupportedLanguage(self.stt.name, language, self.stt.languages())
 
     def check_target(self, language: str, source: str | None = None) -> None:

@@ -1,10 +1,15 @@
-"""``e2e``: the embedded engines (Whisper tiny.en, Apertium) on synthetic real speech.
+"""``e2e``: the embedded engines (Whisper, Apertium) on synthetic real speech.
 
 Festival (or espeak-ng) speaks a few sentences; one host streams them at real-time
 pace with silence between them; a listener in the source language reads the
 transcript and one per target language the translation. Measured per sentence, on the
 load generator's clock: speech end -> final transcript, speech end -> translated final
-(the same segment), and speech start -> first partial.
+(the same segment; the slowest language, and each language's path on its own, as
+/health's mtRoutes names it), speech start -> first partial, and the WER.
+
+``--source es`` speaks Spanish (espeak-ng's voice; Whisper base hears it);
+``--english-model base`` makes the server hear English with Whisper base instead of
+tiny.en, for the two on the same audio.
 """
 
 from __future__ import annotations
@@ -42,6 +47,14 @@ SENTENCES = (
     "The quick brown fox jumps over the lazy dog near the river bank.",
     "Please remember to bring your passport when you travel abroad next week.",
 )
+SENTENCES_ES = (
+    "Buenos días a todos y bienvenidos al museo.",
+    "El perro corre por el parque todos los días.",
+    "Me gusta mucho la música clásica.",
+    "Mañana vamos a la playa con nuestros amigos.",
+    "Mi hermano tiene una casa grande en la ciudad.",
+    "El libro está sobre la mesa de la cocina.",
+)
 LOUD = 500
 """A sample above this (of 32767) counts as speech."""
 TRANSLATED_P50_S = 1.5
@@ -64,7 +77,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sentences spoken first and left out of the figures (1): the first decode "
         "loads the model",
     )
-    parser.add_argument("--languages", default="es", help="translation listeners (es)")
+    parser.add_argument(
+        "--languages", default=None, help="translation listeners (en: es,fr,pt; es: en,pt)"
+    )
+    parser.add_argument("--source", choices=("en", "es"), default="en", help="spoken (en)")
+    parser.add_argument(
+        "--english-model",
+        choices=("tiny.en", "base"),
+        default="tiny.en",
+        help="the Whisper model that hears English (tiny.en)",
+    )
     parser.add_argument("--voice", choices=("festival", "espeak"), default="festival")
     parser.add_argument("--gap-s", type=float, default=1.5, help="silence after each sentence")
     parser.add_argument("--stt", default="whisper", help="speech engine of the server (whisper)")
@@ -74,9 +96,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    languages = [lang.strip() for lang in args.languages.split(",") if lang.strip()]
+    default_languages = "en,pt" if args.source == "es" else "es,fr,pt"
+    languages = [
+        lang.strip() for lang in (args.languages or default_languages).split(",") if lang.strip()
+    ]
     count = args.warmup + args.sentences
-    sentences = [SENTENCES[i % len(SENTENCES)] for i in range(count)]
+    pool = SENTENCES_ES if args.source == "es" else SENTENCES
+    sentences = [pool[i % len(pool)] for i in range(count)]
+    if args.source != "en":
+        args.voice = "espeak"
+    if args.english_model == "base":
+        from babel_actors.config import Config
+        from babel_actors.engines.whisper import bundled_base_dir
+
+        args.server_env = [
+            *args.server_env,
+            f"BABEL_WHISPER_MODEL_DIR={bundled_base_dir(Config())}",
+        ]
     report = new_report(
         "e2e",
         {
@@ -84,6 +120,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "warmup_sentences": args.warmup,
             "languages": languages,
             "voice": args.voice,
+            "source": args.source,
+            "english_model": args.english_model,
             "gap_s": args.gap_s,
             "chunk_ms": args.chunk_ms,
             "sample_rate": args.sample_rate,
@@ -96,14 +134,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pcm = speech["pcm"]
     frames = [audio_frame(pcm[i : i + chunk], args.audio_format) for i in range(0, len(pcm), chunk)]
     plan = HostPlan(
-        init=json_frame({"type": "init", "sourceLang": "en", "sampleRate": args.sample_rate}),
+        init=json_frame(
+            {"type": "init", "sourceLang": args.source, "sampleRate": args.sample_rate}
+        ),
         frames=frames,
         chunk_s=args.chunk_ms / 1000,
         tail=[json_frame({"type": "audio_end"})],
     )
     with server_for(args, report, stt=args.stt, mt=args.mt) as server:
-        session = server.start_session()
-        source = session.get("sourceLang", "en")
+        session = server.start_session(args.source)
+        source = session.get("sourceLang", args.source)
+        routes = server.health().get("mtRoutes", {}).get(source, {})
         peers = [PeerSpec("host", 0, session["wsUrl"], source)]
         for lang in [source, *languages]:
             peers.append(PeerSpec("listener", 0, listener_path(session["sessionId"], lang), lang))
@@ -120,6 +161,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             load.close()
     chunk_s = args.chunk_ms / 1000
     result = _analyse(collected, speech, sentences, source, languages, chunk_s, args.warmup)
+    for lang, path in result["paths"].items():
+        path["via"] = routes.get(lang, [source, lang])
     if before is not None and after is not None:
         cpu = (after.cpu_s + after.children_cpu_s) - (before.cpu_s + before.children_cpu_s)
         wall = after.at - before.at
@@ -168,7 +211,13 @@ def _speech(sentences: list[str], args: argparse.Namespace) -> dict[str, Any]:
         for i, sentence in enumerate(sentences):
             path = Path(scratch) / f"{i}.wav"
             try:
-                synthesize(sentence, path, voice=args.voice, rate=rate)
+                synthesize(
+                    sentence,
+                    path,
+                    voice=args.voice,
+                    rate=rate,
+                    language="en-us" if args.source == "en" else args.source,
+                )
             except SpeechToolMissing as exc:
                 raise BenchError(f"cannot make speech: {exc}") from None
             audio, got_rate = read_wav_pcm(path)
@@ -209,6 +258,7 @@ def _analyse(
     to_translated: list[float] = []
     to_partial: list[float] = []
     wers: list[float] = []
+    by_path: dict[str, list[float]] = {lang: [] for lang in languages}
     finals = [r for r in transcript if not r.partial]
     taken = 0
     """Finals before this index belong to earlier sentences."""
@@ -229,12 +279,14 @@ def _analyse(
         )
         previous_at = final.kts if final is not None else previous_at
         translated = None
+        per_path: dict[str, float | None] = {}
         if final is not None:
             for lang in languages:
                 found = next(
                     (r for r in by_lang.get(lang, []) if not r.partial and r.seq == final.seq),
                     None,
                 )
+                per_path[lang] = _ms(found, end_at)
                 if found is not None and (translated is None or found.kts > translated.kts):
                     translated = found
         wer = word_error_rate(sentences[i], heard) if heard else 1.0
@@ -248,11 +300,15 @@ def _analyse(
             "transcript": heard,
             "translation": translated.translated if translated else None,
             "wer": round(wer, 3),
+            "translated_ms_by_lang": per_path,
         }
         rows.append(row)
         if i < warmup:
             continue
         wers.append(wer)
+        for lang, ms in per_path.items():
+            if ms is not None:
+                by_path[lang].append(ms)
         for values, key in (
             (to_final, "final_ms"),
             (to_translated, "translated_ms"),
@@ -269,6 +325,9 @@ def _analyse(
             "first_partial": percentiles(to_partial),
         },
         "wer_mean": round(sum(wers) / len(wers), 3) if wers else None,
+        "paths": {
+            lang: {"translated_final_ms": percentiles(values)} for lang, values in by_path.items()
+        },
     }
 
 
@@ -301,7 +360,16 @@ def _summary(report: dict[str, Any]) -> str:
             f"{name} {fmt(v['p50'], 0)}/{fmt(v['p95'], 0)}/{fmt(v['max'], 0)}"
             for name, v in latency.items()
         ),
-        f"mean WER {fmt(result['wer_mean'], 3)}; server CPU "
+        "speech end -> translated final per path, p50/p95/max (ms): "
+        + "; ".join(
+            f"{'>'.join(path['via'])} {fmt(path['translated_final_ms']['p50'], 0)}/"
+            f"{fmt(path['translated_final_ms']['p95'], 0)}/"
+            f"{fmt(path['translated_final_ms']['max'], 0)}"
+            for path in result["paths"].values()
+        ),
+        f"source {report['params']['source']}, heard by "
+        f"{report['params']['english_model'] if report['params']['source'] == 'en' else 'base'}"
+        f"; mean WER {fmt(result['wer_mean'], 3)}; server CPU "
         f"{fmt(server.get('cpu_percent_of_core'))}% of a core (with Apertium)",
         "",
         "targets:",

@@ -38,7 +38,7 @@ class Splitter:
             seq_id=self._next_seq,
             text=text,
             is_partial=not result.is_final,
-            source_lang=self.source_lang,
+            source_lang=result.language or self.source_lang,
             recognized_at=result.produced_at or now,
             wall_ms=wall_ms,
             audio_received_at=result.audio_received_at,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import trio
 
-from babel_actors.events import Segment
+from babel_actors.events import AUTO_LANGUAGE, Segment
 from babel_actors.renderer import Renderer
 from babel_actors.wire.server import Rendered
 
@@ -67,8 +67,8 @@ async def run_translator(
                 if not segment.is_partial:
                     renderer.admit(segment)
                 for target in sorted(languages()):
-                    if target == segment.source_lang:
-                        await outbox.send(await _as_is(renderer, segment))
+                    if target in (segment.source_lang, AUTO_LANGUAGE):
+                        await outbox.send(await _as_is(renderer, segment, target))
                         continue
                     lane = lanes.get(target)
                     if lane is None:
@@ -91,11 +91,12 @@ async def run_translator(
             partials.cancel_scope.cancel()
 
 
-async def _as_is(renderer: Renderer, segment: Segment) -> Rendered:
-    """``segment`` for readers of its own language: no translation."""
+async def _as_is(renderer: Renderer, segment: Segment, target: str) -> Rendered:
+    """``segment`` for readers of its own language (or of ``auto``, whatever language
+    was heard): no translation."""
     if segment.is_partial:
-        return await renderer.partial(segment, segment.source_lang)
-    return await renderer.final(segment, segment.source_lang, live=True)
+        return await renderer.partial(segment, target)
+    return await renderer.final(segment, target, live=True)
 
 
 async def _translate_finals(

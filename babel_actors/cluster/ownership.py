@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from babel_actors.pipeline import Pipeline
+from babel_actors.session import reachable
 from babel_actors.store.base import StoreUnavailable
 from babel_actors.wire.closes import NORMAL
 from babel_actors.wire.server import SERVICE_UNAVAILABLE, Rendered, error_message
@@ -89,7 +90,7 @@ class Ownership:
         anywhere in the cluster that the engine reaches."""
         session = self.session
         source = session.source_lang
-        targets = session.mt.targets(source)
+        targets = reachable(session.mt, source)
         wanted = {
             language
             for language in (*session.follower.remote, *session.room.languages())

@@ -46,7 +46,7 @@ from babel_actors.clock import now_ms
 from babel_actors.cluster.follower import Follower
 from babel_actors.cluster.ownership import Ownership
 from babel_actors.config import Config
-from babel_actors.engines.base import SpeechToText, Translator
+from babel_actors.engines.base import SpeechToText, Translator, hears
 from babel_actors.errors import UnsupportedLanguage
 from babel_actors.glossary import Glossary
 from babel_actors.history import History
@@ -158,7 +158,7 @@ class ClusterSession:
     # --- languages ---------------------------------------------------------------
 
     def check_source(self, language: str) -> None:
-        if language not in self.stt.languages():
+        if not hears(self.stt, language):
             raise UnsupportedLanguage(self.stt.name, language, self.stt.languages())
 
     def check_target(self, language: str, source: str | None = None) -> None:

@@ -83,12 +83,24 @@ def make_stt(config: Config) -> SpeechToText:
     raise ConfigError(f"unknown STT engine {config.stt!r}; choose from {', '.join(STT_ENGINES)}")
 
 
-def make_mt(config: Config) -> Translator:
-    """The translation engine ``config.mt`` names."""
+def make_mt(config: Config, stt: SpeechToText | None = None) -> Translator:
+    """The translation engine ``config.mt`` names.
+
+    With ``stt`` a multilingual Whisper engine and ``whisper_translate_to_english``,
+    Apertium comes wrapped in ``SpeechTranslator``: English for listeners of speech it
+    has no route from, from Whisper's speech-to-English task.
+    """
     if config.mt == "apertium":
         from babel_actors.engines.apertium import ApertiumTranslator
 
-        return ApertiumTranslator(config)
+        apertium = ApertiumTranslator(config)
+        if config.whisper_translate_to_english and getattr(stt, "multilingual", False):
+            from babel_actors.engines.speech_mt import SpeechTranslator
+            from babel_actors.engines.whisper import WhisperSpeechToText
+
+            assert isinstance(stt, WhisperSpeechToText)
+            return SpeechTranslator(apertium, stt, stt.memory)
+        return apertium
     if config.mt == "openai":
         require_extra("openai", "the openai engine")
         from babel_actors.engines.openai import OpenAITranslator

@@ -16,6 +16,7 @@ reads to end of file and drops NULs.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shlex
@@ -29,6 +30,7 @@ import attrs
 import trio
 
 from babel_actors.config import Config
+from babel_actors.engines.graph import PairGraph, Route
 from babel_actors.errors import (
     EngineUnavailable,
     TranslationFailed,
@@ -191,15 +193,22 @@ def _capitalised(text: str) -> str:
 class ApertiumTranslator:
     """The ``Translator`` for locally installed Apertium pairs (``--mt apertium``).
 
+    Languages without a pair of their own are reached through others (a ``PairGraph``
+    of the installed pairs): English -> Portuguese is English -> Spanish -> Portuguese,
+    at most ``apertium_max_hops`` pairs long, a direct pair always preferred.
+    ``route`` says which way a translation goes (the captions' ``via``).
+
     Backpressure: one request is in flight per pair; later ones queue, in order, on the
     pair's ``trio.Lock``. Different pairs run in parallel, each in its own processes.
-    ``translate_timeout_s`` bounds each call, queueing included.
+    A routed request holds one pair at a time. ``translate_timeout_s`` bounds each
+    call, queueing and every hop included.
 
     Cancellation: a call cancelled while queued leaves no trace. A call cancelled or
     timed out while its request is in the pipeline kills that pipeline (its state is
     unknown); the next request for the pair starts a fresh one.
 
-    Error handling: an unknown pair raises ``UnsupportedLanguage``; a timeout, a
+    Error handling: an unreachable pair raises ``UnsupportedLanguage`` listing what is
+    reachable; a timeout, a
     pipeline that dies or cannot start raises ``TranslationFailed`` and the pipeline is
     restarted lazily. No other exception type leaves this class.
     """
@@ -220,15 +229,20 @@ class ApertiumTranslator:
                 " (packages apertium and apertium-<pair> install them)"
             )
         self._routes = {key: _Route(pair, wblank_mode) for key, pair in pairs.items()}
+        self._graph = PairGraph(pairs, max_hops=max(1, config.apertium_max_hops))
 
     def sources(self) -> frozenset[str]:
         """Languages some installed pair translates from."""
-        return frozenset(source for source, _ in self._routes)
+        return self._graph.sources()
 
     def targets(self, source: str) -> frozenset[str]:
-        """Languages an installed pair translates ``source`` into."""
-        source = language_tag(source)
-        return frozenset(target for s, target in self._routes if s == source)
+        """Languages ``source`` reaches, directly or through ``apertium_max_hops`` pairs."""
+        return self._graph.targets(language_tag(source))
+
+    def route(self, source: str, target: str) -> Route | None:
+        """The languages a ``source`` -> ``target`` translation passes through, both
+        ends included (``("en", "es", "pt")``); None when ``target`` is unreachable."""
+        return self._graph.route(language_tag(source), language_tag(target))
 
     async def translate(
         self,
@@ -249,19 +263,22 @@ class ApertiumTranslator:
         superblanks, which every stage passes on untouched (the words around them are
         translated without them, so agreement with them is not guaranteed).
         """
-        route = self._routes.get((language_tag(source), language_tag(target)))
+        route = self.route(source, target)
         if route is None:
             if language_tag(source) not in self.sources():
                 raise UnsupportedLanguage(self.name, source, self.sources())
             raise UnsupportedLanguage(self.name, target, self.targets(source))
-        request = _protect(_capitalised(text), glossary, target)
-        if not request:
+        hops = [self._routes[pair] for pair in itertools.pairwise(route)]
+        stream = _protect(_capitalised(text), glossary, route[-1])
+        if not stream:
             return ""
         with trio.move_on_after(self._timeout):
-            return reformat(await route.translate(request))
-        raise TranslationFailed(
-            f"apertium {route.pair.source}->{route.pair.target}: no answer within {self._timeout} s"
-        )
+            # Each hop reads the previous one's stream output as it is: superblanks
+            # (a glossary's forced renderings) pass through every pair untouched.
+            for hop in hops:
+                stream = await hop.translate(stream)
+            return reformat(stream)
+        raise TranslationFailed(f"apertium {'->'.join(route)}: no answer within {self._timeout} s")
 
     async def aclose(self) -> None:
         """Kill every pipeline; later calls raise ``TranslationFailed``."""

@@ -11,7 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import trio
 
-from babel_actors.events import AudioEvent, SttResult
+from babel_actors.events import AUTO_LANGUAGE, AudioEvent, SttResult
 from babel_actors.glossary import Glossary
 
 
@@ -97,6 +97,14 @@ class Translator(Protocol):
         ...
 
 
+def hears(stt: SpeechToText, language: str) -> bool:
+    """Whether ``stt`` recognises ``language``: one of its languages, or ``auto`` when it
+    can identify the language (an engine with ``identifies_language`` true)."""
+    if language == AUTO_LANGUAGE:
+        return bool(getattr(stt, "identifies_language", False))
+    return language in stt.languages()
+
+
 def optional_keywords(glossary: Glossary | None, *, partial: bool = False) -> dict[str, Any]:
     """The optional keywords of ``translate`` and ``transcribe`` that are set: a
     glossary that is not empty, ``partial`` when true. Callers and wrappers pass only
@@ -105,3 +113,15 @@ def optional_keywords(glossary: Glossary | None, *, partial: bool = False) -> di
     if partial:
         keywords["partial"] = True
     return keywords
+
+
+def translation_route(engine: Translator, source: str, target: str) -> tuple[str, ...]:
+    """The languages a ``source`` -> ``target`` translation by ``engine`` passes
+    through, both ends included: the engine's own ``route`` when it has one (routing
+    engines and their wrappers), else ``(source, target)``; ``(source,)`` when they are
+    the same language."""
+    if source == target:
+        return (source,)
+    route = getattr(engine, "route", None)
+    found = route(source, target) if callable(route) else None
+    return tuple(found) if found else (source, target)

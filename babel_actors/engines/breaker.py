@@ -28,7 +28,12 @@ from collections.abc import Callable, Sequence
 import attrs
 import trio
 
-from babel_actors.engines.base import SpeechToText, Translator, optional_keywords
+from babel_actors.engines.base import (
+    SpeechToText,
+    Translator,
+    optional_keywords,
+    translation_route,
+)
 from babel_actors.errors import EngineError, RequestRefused, TranslationFailed
 from babel_actors.events import AudioEvent, SttResult
 from babel_actors.glossary import Glossary
@@ -230,6 +235,9 @@ class BreakerTranslator:
 
     def targets(self, source: str) -> frozenset[str]:
         return self.engine.targets(source)
+
+    def route(self, source: str, target: str) -> tuple[str, ...]:
+        return translation_route(self.engine, source, target)
 
     async def translate(
         self,

@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from babel_actors.engines.base import Translator
+from babel_actors.engines.base import Translator, translation_route
 
 
 class CallLogTranslator:
@@ -28,6 +28,9 @@ class CallLogTranslator:
 
     def sources(self) -> frozenset[str]:
         return self.engine.sources()
+
+    def route(self, source: str, target: str) -> tuple[str, ...]:
+        return translation_route(self.engine, source, target)
 
     async def translate(
         self, text: str, *, source: str, target: str, context: Sequence[str] = (), **extra: Any

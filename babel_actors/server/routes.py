@@ -14,7 +14,9 @@ from urllib.parse import urlencode
 
 import attrs
 
+from babel_actors.engines.base import hears, translation_route
 from babel_actors.errors import UnsupportedLanguage
+from babel_actors.events import AUTO_LANGUAGE
 from babel_actors.live import LiveSession
 from babel_actors.registry import Registry
 from babel_actors.server.guard import Guard
@@ -123,9 +125,9 @@ class Api:
     async def start_session(self, body: dict[str, Any], owner: str) -> Reply:
         source = body.get("sourceLang")
         if "sourceLang" in body:
-            if not is_language(source):
-                return 400, _failure("sourceLang must be a language code such as 'en'")
-            if source not in self.registry.stt.languages():
+            if not (is_language(source) or source == AUTO_LANGUAGE):
+                return 400, _failure("sourceLang must be a language code such as 'en', or 'auto'")
+            if not hears(self.registry.stt, source):
                 error = UnsupportedLanguage(
                     self.registry.stt.name, source, self.registry.stt.languages()
                 )
@@ -232,6 +234,10 @@ class Api:
             "endpoint": "/translate",
             "sttLanguages": sorted(stt.languages()),
             "mtPairs": {src: sorted(mt.targets(src)) for src in sorted(mt.sources())},
+            "mtRoutes": {
+                src: {tgt: list(translation_route(mt, src, tgt)) for tgt in sorted(mt.targets(src))}
+                for src in sorted(mt.sources())
+            },
             "uptimeSeconds": round(time.monotonic() - self.started, 3),
             "store": self.registry.store.health(),
         }

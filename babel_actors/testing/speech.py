@@ -19,6 +19,9 @@ Voice = Literal["festival", "espeak"]
 
 FESTIVAL_VOICE = "cmu_us_slt_arctic_hts"
 """Festival's HTS voice from Debian's ``festvox-us-slt-hts``."""
+FESTIVAL_VOICES = {"en-us": FESTIVAL_VOICE, "it": "lp_diphone"}
+"""Festival's voice per language: Italian is Debian's ``festvox-italp16k`` (a diphone
+voice that reads Latin-1)."""
 
 _INSTALL_HINT = {
     "text2wave": "festival festvox-us-slt-hts",
@@ -31,23 +34,34 @@ class SpeechToolMissing(RuntimeError):
     """A text-to-speech or audio tool is not installed, or cannot produce speech."""
 
 
-def synthesize(text: str, path: Path, *, voice: Voice = "festival", rate: int = 16000) -> Path:
+def synthesize(
+    text: str,
+    path: Path,
+    *,
+    voice: Voice = "festival",
+    rate: int = 16000,
+    language: str = "en-us",
+) -> Path:
     """Speak ``text`` into ``path``: a 16-bit mono WAV at ``rate`` Hz; returns ``path``.
 
     ``voice="festival"`` uses Festival's HTS voice (``text2wave``), ``"espeak"`` uses
-    espeak-ng; either way sox converts the result to ``rate``. Raises
+    espeak-ng in ``language`` (an espeak-ng voice: ``en-us``, ``es``, ``fr``...; Festival
+    speaks ``FESTIVAL_VOICES``' languages); either way sox converts the result to ``rate``. Raises
     ``SpeechToolMissing`` when a tool or the Festival voice is not installed.
     """
     path = Path(path)
     with tempfile.TemporaryDirectory(prefix="babel-tts-") as scratch:
         raw = Path(scratch) / "raw.wav"
         if voice == "festival":
+            if language not in FESTIVAL_VOICES:
+                raise ValueError(f"no Festival voice for {language!r}; use espeak")
             _run(
-                ["text2wave", "-eval", f"(voice_{FESTIVAL_VOICE})", "-o", str(raw)],
+                ["text2wave", "-eval", f"(voice_{FESTIVAL_VOICES[language]})", "-o", str(raw)],
                 stdin=text,
+                encoding="utf-8" if language == "en-us" else "latin-1",
             )
         elif voice == "espeak":
-            _run(["espeak-ng", "-v", "en-us", "--stdin", "-w", str(raw)], stdin=text)
+            _run(["espeak-ng", "-v", language, "--stdin", "-w", str(raw)], stdin=text)
         else:
             raise ValueError(f"unknown voice {voice!r}; use 'festival' or 'espeak'")
         if not raw.exists() or raw.stat().st_size <= 44:
@@ -113,13 +127,15 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+(?:'[a-z0-9]+)*", text.lower().replace("\u2019", "'"))
 
 
-def _run(argv: list[str], stdin: str | None = None) -> None:
+def _run(argv: list[str], stdin: str | None = None, encoding: str = "utf-8") -> None:
     tool = argv[0]
     if shutil.which(tool) is None:
         raise SpeechToolMissing(
             f"{tool} is not installed (Debian: apt-get install {_INSTALL_HINT[tool]})"
         )
-    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        argv, input=stdin, capture_output=True, encoding=encoding, errors="replace", check=False
+    )
     if done.returncode != 0 or "SIOD ERROR" in done.stdout + done.stderr:
         raise SpeechToolMissing(
             f"{' '.join(argv)} failed (exit {done.returncode}): "

@@ -16,6 +16,7 @@ from typing import Any, TypeGuard
 import attrs
 
 from babel_actors.errors import ProtocolError
+from babel_actors.events import AUTO_LANGUAGE
 from babel_actors.glossary import Glossary, parse_glossary
 
 BAD_REQUEST = 400
@@ -91,7 +92,7 @@ def parse_text(text: str, *, max_sample_rate: int) -> ClientMessage:
         return Audio(decode_base64_pcm(data.get("audioData")))
     if kind == "init":
         return Init(
-            source_lang=_language(data, "sourceLang", required=False),
+            source_lang=_language(data, "sourceLang", required=False, auto=True),
             target_lang=_language(data, "targetLang", required=False),
             sample_rate=_sample_rate(data, max_sample_rate),
             glossary=_glossary(data),
@@ -194,10 +195,12 @@ def _glossary(data: dict[str, Any]) -> Glossary | None:
         raise ProtocolError(str(exc)) from None
 
 
-def _language(data: dict[str, Any], key: str, *, required: bool) -> str | None:
+def _language(data: dict[str, Any], key: str, *, required: bool, auto: bool = False) -> str | None:
     if key not in data and not required:
         return None
     value = data.get(key)
+    if auto and value == AUTO_LANGUAGE:
+        return AUTO_LANGUAGE
     if not is_language(value):
         raise ProtocolError(f"{key} must be a language code such as 'es'")
     return value

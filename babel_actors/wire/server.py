@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 
 from babel_actors.clock import now_ms
-from babel_actors.events import Caption, Segment
+from babel_actors.events import AUTO_LANGUAGE, Caption, Segment
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,12 @@ def caption_message(caption: Caption) -> dict[str, Any]:
         "originalText": segment.text,
         "translatedText": caption.text,
         "sourceLang": segment.source_lang,
-        "targetLang": caption.target_lang,
+        # Readers of ``auto`` read the transcript in whatever language it was heard.
+        "targetLang": (
+            segment.source_lang if caption.target_lang == AUTO_LANGUAGE else caption.target_lang
+        ),
         "hasTranslation": caption.has_translation,
+        **({"via": list(caption.via)} if caption.via else {}),
     }
 
 
@@ -111,6 +115,7 @@ def rendered_from_payload(payload: bytes) -> Rendered | None:
             str(message["targetLang"]),
             str(message["translatedText"]),
             bool(message["hasTranslation"]),
+            via=tuple(str(language) for language in message.get("via", ())),
         )
     except (ValueError, KeyError, TypeError):
         log.warning("dropping a malformed caption")

@@ -18,13 +18,19 @@ export function nativeName(code) {
   return code;
 }
 
-/** Fill a <select> with `codes`, selecting `chosen` when it is among them. */
-export function fillLanguageSelect(select, codes, chosen) {
+/** Fill a <select> with `codes`, selecting `chosen` when it is among them. `viaOf`
+ * (optional) names the languages a translation into a code passes through: such an
+ * option reads "Português (via Español)", so a listener knows it took two hops. */
+export function fillLanguageSelect(select, codes, chosen, viaOf = () => []) {
   select.replaceChildren(
     ...codes.map((code) => {
       const option = document.createElement("option");
       option.value = code;
-      option.textContent = nativeName(code);
+      const via = viaOf(code);
+      option.textContent = via.length
+        ? `${nativeName(code)} (via ${via.map(nativeName).join(", ")})`
+        : nativeName(code);
+      option.dataset.hops = String(via.length + 1);
       option.lang = code;
       return option;
     }),

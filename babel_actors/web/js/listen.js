@@ -68,7 +68,7 @@ async function lookUp(code) {
     const wanted = params.get("lang") || storedLanguage();
     const fallback = codes.find((lang) => lang !== info.sourceLang) || info.sourceLang;
     const chosen = codes.includes(wanted) ? wanted : preferredLanguage(codes, fallback);
-    fillLanguageSelect(joinLang, codes, chosen);
+    fillLanguageSelect(joinLang, codes, chosen, (lang) => languages.viaOf(info.sourceLang, lang));
     joinLang.disabled = false;
     showAlert(joinError, "");
   } catch (error) {
@@ -128,7 +128,9 @@ async function join(code, lang, userName) {
   url.searchParams.set("code", joined.sessionCode);
   url.searchParams.set("lang", language);
   history.replaceState(null, "", url);
-  fillLanguageSelect(readerLang, languages.targetsOf(joined.sourceLang), language);
+  fillLanguageSelect(readerLang, languages.targetsOf(joined.sourceLang), language, (lang) =>
+    languages.viaOf(joined.sourceLang, lang),
+  );
   enterReader();
 }
 

@@ -74,8 +74,14 @@ export async function languageOffer() {
   return {
     speech: health.sttLanguages || ["en"],
     pairs: health.mtPairs || {},
+    routes: health.mtRoutes || {},
     targetsOf(source) {
       return [source, ...(this.pairs[source] || []).filter((lang) => lang !== source)];
+    },
+    /** The languages between `source` and `target` on the server's route (mtRoutes). */
+    viaOf(source, target) {
+      const route = (this.routes[source] || {})[target] || [];
+      return route.slice(1, -1);
     },
   };
 }
