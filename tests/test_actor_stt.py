@@ -10,7 +10,7 @@ import trio.testing
 
 from babel_actors.actors.stt import run_stt
 from babel_actors.engines.scripted import ScriptLine
-from babel_actors.errors import EngineError
+from babel_actors.errors import EngineError, RequestRefused
 from babel_actors.events import (
     AudioEvent,
     AudioFrame,
@@ -41,8 +41,15 @@ class TaggingSpeechToText:
     name = "tagging"
     sample_rate = RATE
 
-    def __init__(self, *, fail_streams: frozenset[int] = frozenset()) -> None:
+    def __init__(
+        self,
+        *,
+        fail_streams: frozenset[int] = frozenset(),
+        refuse: frozenset[str] = frozenset(),
+    ) -> None:
         self.fail_streams = fail_streams
+        self.refuse = refuse
+        """Languages whose streams raise ``RequestRefused`` on their first audio."""
         self.streams: list[tuple[str, Glossary | None]] = []
         """The language (and glossary) of every stream opened, in order."""
         self.opened_at: list[float] = []
@@ -66,6 +73,8 @@ class TaggingSpeechToText:
         self.opened_at.append(trio.current_time())
         heard = 0
         async for event in audio:
+            if language in self.refuse:
+                raise RequestRefused(f"{language} is not served")
             if index in self.fail_streams:
                 self.failed_at.append(trio.current_time())
                 raise EngineError(f"stream {index} broke")
@@ -304,3 +313,31 @@ async def test_a_scripted_line_fires_once_exactly_its_audio_has_been_sent() -> N
     with trio.fail_after(TIMEOUT_S):
         out = await run_through(engine, events)
     assert texts(out) == ["one second"]
+
+
+async def test_a_refused_language_is_reported_once_and_not_retried_until_another(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Issue 16: a locale the provider refuses was retried every ``retry_after_s``,
+    telling the host each time; its audio cannot be heard, so it is dropped."""
+    engine = TaggingSpeechToText(refuse=frozenset({"ja"}))
+    errors: list[str] = []
+    events: list[SttInput] = [frame(), frame(), frame(), SourceLanguage("en"), frame()]
+    with trio.fail_after(TIMEOUT_S):
+        outputs = await run_through(engine, events, language="ja", errors=errors)
+    assert [language for language, _ in engine.streams] == ["ja", "en"]
+    assert len(errors) == 1 and "refused" in errors[0], errors
+    assert texts(outputs) == [SourceLanguage("en"), "en 1", "en end"]
+
+
+async def test_a_refused_language_with_no_other_ends_when_the_audio_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = TaggingSpeechToText(refuse=frozenset({"ja"}))
+    errors: list[str] = []
+    with trio.fail_after(TIMEOUT_S):
+        outputs = await run_through(
+            engine, [frame(), frame(), frame()], language="ja", errors=errors
+        )
+    assert [language for language, _ in engine.streams] == ["ja"]
+    assert len(errors) == 1 and outputs == []

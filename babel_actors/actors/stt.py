@@ -13,7 +13,7 @@ from collections.abc import Callable
 import trio
 
 from babel_actors.engines.base import SpeechToText
-from babel_actors.errors import EngineError
+from babel_actors.errors import EngineError, RequestRefused
 from babel_actors.events import AudioEvent, SourceLanguage, SttInput, SttOutput
 from babel_actors.glossary import Glossary
 from babel_actors.metrics import Metrics
@@ -45,7 +45,9 @@ async def run_stt(
     Cancellation: cancels the engine stream with the actor.
     Error handling: an ``EngineError`` is reported through ``on_error`` (the session
     tells host and listeners), and a new stream opens after ``retry_after_s``; audio
-    that arrives meanwhile waits in the inbox.
+    that arrives meanwhile waits in the inbox. A ``RequestRefused`` (the provider is up
+    but will not take this language) is reported once, and no stream opens again until
+    the host picks another language: its audio meanwhile is dropped.
     Counts: ``metrics``, when given, counts every stream reopened, by reason.
     """
     async with inbox, outbox:
@@ -80,7 +82,15 @@ async def run_stt(
             except* EngineError as group:
                 # The engine fails inside the stream's nursery: its error comes grouped.
                 failure = group.exceptions[0]
-            if failure is not None:
+            if isinstance(failure, RequestRefused):
+                log.info("speech engine %s refused %s: %s", engine.name, language, failure)
+                on_error(f"speech recognition refused ({failure}); choose another language")
+                failure = None
+                language, glossary, ended = await _until_another_language(
+                    inbox, language, glossary
+                )
+                restart, switched = "language", not ended
+            elif failure is not None:
                 log.warning("speech engine %s failed: %s", engine.name, failure)
                 on_error(f"speech recognition failed ({failure}); retrying")
                 ended, restart = False, "error"
@@ -90,6 +100,20 @@ async def run_stt(
                 # Every result of the old stream is out: what follows is heard in this.
                 await outbox.send(SourceLanguage(language))
                 switched = False
+
+
+async def _until_another_language(
+    inbox: trio.MemoryReceiveChannel[SttInput], language: str, glossary: Glossary
+) -> tuple[str, Glossary, bool]:
+    """After the engine refused ``language``: drop audio (nothing can hear it) until
+    the host picks another language; the new language, the latest glossary, and
+    whether the inbox ended first."""
+    async for event in inbox:
+        if isinstance(event, SourceLanguage) and event.language != language:
+            return event.language, glossary, False
+        if isinstance(event, Glossary):
+            glossary = event
+    return language, glossary, True
 
 
 async def _transcribe(
