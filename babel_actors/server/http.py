@@ -115,7 +115,10 @@ class _HttpConnection:
                     self.client = guard.client(peer, headers)
                     slot.claim(self.client)
                     if _is_upgrade(headers):
-                        await self._serve_websocket(request, headers)
+                        # The socket outlives the request: hold none of its HTTP state.
+                        handshake = [request, headers]
+                        del request, headers, body, http
+                        await self._serve_websocket(handshake)
                         break
                     await self._answer_safely(request, headers, body)
                     if http.our_state is not h11.DONE or http.their_state is not h11.DONE:
@@ -315,8 +318,13 @@ class _HttpConnection:
 
     # --- the WebSocket ----------------------------------------------------------------
 
-    async def _serve_websocket(self, request: h11.Request, headers: Mapping[str, str]) -> None:
+    async def _serve_websocket(self, handshake: list[Any]) -> None:
+        """Upgrade and serve the socket; ``handshake`` holds the request and its
+        headers, and is emptied: once switched, the connection's HTTP state (the
+        request, the h11 connection) is let go, ~3 KB a listener."""
         conn, api = self.conn, self.api
+        request, headers = handshake
+        handshake.clear()
         target = _target(request)
         if not _is_websocket_path(target.path):
             raise _Refused(404, f"the WebSocket endpoint is {WEBSOCKET_PATH}")
@@ -327,6 +335,9 @@ class _HttpConnection:
             b"Sec-WebSocket-Accept: " + accept_key(key).encode() + b"\r\n\r\n"
         )
         trailing, _ = self.http.trailing_data
+        del request
+        self.request = None
+        self.http = _SWITCHED
         peer = WebSocketPeer(conn, self.config, bytes(trailing))
         query = parse_query(target.query)
         role = _role(query)
@@ -382,6 +393,11 @@ async def _until_closed(peer: WebSocketPeer) -> None:
 
 
 # --- the rules of RFC 9112 and RFC 6455 --------------------------------------------------
+
+
+_SWITCHED = h11.Connection(h11.SERVER)
+"""What a connection's ``http`` becomes once it switched to WebSocket: one shared,
+unused h11 connection in place of its own."""
 
 
 def _check_framing(request: h11.Request) -> None:
