@@ -17,7 +17,7 @@ from protocol_schemas import validate_http, validate_server_message
 
 from babel_actors import logs
 from babel_actors.config import Config
-from babel_actors.engines.base import SpeechToText
+from babel_actors.engines.base import SpeechToText, Translator
 from babel_actors.server.app import Server, serve
 from babel_actors.store import MemoryStore, SessionRecord, StoreUnavailable
 from babel_actors.testing import EchoTranslator, ProtocolClient, connect
@@ -193,3 +193,15 @@ def captured_json() -> Iterator[io.StringIO]:
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
+
+
+@asynccontextmanager
+async def closing_engines(stt: SpeechToText, mt: Translator) -> AsyncIterator[None]:
+    """Close ``mt`` and ``stt`` when the block ends, however it ends (shielded: a
+    cancelled test still stops Whisper's and Apertium's processes and threads)."""
+    try:
+        yield
+    finally:
+        with trio.CancelScope(shield=True):
+            await mt.aclose()
+            await stt.aclose()

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trio
-from helpers import checked, finals_of, listener_path, post
+from helpers import checked, closing_engines, finals_of, listener_path, post
 from test_real_speech import RATE, Received, Speech, captions, read_all, stream_in_real_time
 
 from babel_actors.config import Config
@@ -74,12 +74,8 @@ async def engines() -> AsyncIterator[tuple[WhisperSpeechToText, ApertiumTranslat
     stt, mt = WhisperSpeechToText(config), ApertiumTranslator(config)
     if not {"fr", "pt"} <= mt.targets("en") or not {"en", "pt"} <= mt.targets("es"):
         pytest.skip("needs apertium-eng-spa, apertium-es-pt, apertium-fr-es (make run)")
-    try:
+    async with closing_engines(stt, mt):
         yield stt, mt
-    finally:
-        with trio.CancelScope(shield=True):
-            await mt.aclose()
-            await stt.aclose()
 
 
 async def session_of(

@@ -32,7 +32,7 @@ import trio_websocket
 import wsproto
 import wsproto.events as ws_events
 from bystander import raw_websocket
-from helpers import checked, finals_of, listener_path
+from helpers import checked, closing_engines, finals_of, listener_path
 from test_cli import cli, start_session, ws_connect
 
 from babel_actors import Caption, Config, Session, make_mt, make_stt, open_session
@@ -188,12 +188,8 @@ async def embedded_engines(config: Config) -> AsyncIterator[tuple[SpeechToText, 
     """Whisper and Apertium, as ``config`` names them (its defaults), closed after."""
     stt, mt = make_stt(config), make_mt(config)
     assert (stt.name, mt.name) == ("whisper", "apertium")
-    try:
+    async with closing_engines(stt, mt):
         yield stt, mt
-    finally:
-        with trio.CancelScope(shield=True):
-            await mt.aclose()
-            await stt.aclose()
 
 
 # --- what listeners must have read ----------------------------------------------------

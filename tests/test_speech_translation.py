@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from helpers import checked, finals_of, listener_path, post
+from helpers import checked, closing_engines, finals_of, listener_path, post
 from test_real_speech import Received, captions, read_all, stream_in_real_time
 from test_real_speech_languages import record
 
@@ -107,12 +107,8 @@ async def engines() -> AsyncIterator[tuple[WhisperSpeechToText, SpeechTranslator
     assert isinstance(mt, SpeechTranslator)
     if "es" not in mt.inner.targets("it"):
         pytest.skip("needs apertium-spa-ita (make run)")
-    try:
+    async with closing_engines(stt, mt):
         yield stt, mt
-    finally:
-        with trio.CancelScope(shield=True):
-            await mt.aclose()
-            await stt.aclose()
 
 
 @pytest.mark.usefixtures("italian_voice")
